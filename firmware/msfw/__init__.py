@@ -1,0 +1,2 @@
+# microstim firmware
+VERSION = "0.1.0"

@@ -1,0 +1,900 @@
+# The virtual board's world: virtual clock, GPIO levels and the waveforms that drive them,
+# the reference analog front end, the skin-electrode load, scripted events, the watchdog
+# and the trace of what was really delivered.
+#
+# Runs inside the MicroPython unix port (and imports under CPython for model tests).
+# The fake machine/esp32/time modules are thin faces over this one object, so the
+# firmware's ESP32 code path is the code under test.
+#
+# Simulated hardware does its own arithmetic (floats allocate on the unix port); that
+# work is not the firmware's, so every entry point the firmware can reach releases any
+# heap lock around it (release()/restore()). The firmware's own allocations still raise.
+import math
+import struct
+import sys
+
+try:
+    import micropython
+    _heap_lock = micropython.heap_lock
+    _heap_unlock = micropython.heap_unlock
+except (ImportError, AttributeError):  # CPython
+    micropython = None
+
+try:
+    import utime as _rt  # the real clock, even when `time` is the virtual one
+except ImportError:
+    import time as _rt
+
+try:
+    import json
+except ImportError:  # pragma: no cover
+    import ujson as json
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+# ESP32 ticks wrap at 2**30 (ticks_us every 17.9 minutes): emulated so wrap bugs show up.
+TICKS_PERIOD = 1 << 30
+TICKS_MASK = TICKS_PERIOD - 1
+TICKS_HALF = TICKS_PERIOD >> 1
+
+# machine.reset_cause() values on the ESP32 port (brown-out reports PWRON_RESET).
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+FOREVER = 1 << 62
+
+# Flags of a phase record in the trace.
+F_COMPLIANCE = 1  # source at its compliance voltage: delivered < commanded
+F_OPEN = 2  # no load connected (lift-off)
+F_SHORT = 4
+
+# One record per phase (interval with the output enabled):
+# t_us, dur_us, i_mean_ua (signed), i_peak_ua, v_peak_v, i_cmd_ua, flags
+PHASE_FMT = "<qifffffB3x"
+PHASE_SIZE = struct.calcsize(PHASE_FMT)
+
+
+def release():
+    """Lift any heap lock held by the firmware; returns what restore() needs."""
+    if micropython is None:
+        return 0
+    _heap_lock()
+    depth = _heap_unlock()
+    n = depth
+    while n:
+        _heap_unlock()
+        n -= 1
+    return depth
+
+
+def restore(depth):
+    while depth:
+        _heap_lock()
+        depth -= 1
+
+
+def _wall_us():
+    if MICROPYTHON:
+        return _rt.time_ns() // 1000
+    return int(_rt.monotonic() * 1e6)
+
+
+# ---------------------------------------------------------------------------------------
+# Waveform sources: what drives an output pin over time.
+
+
+class Static:
+    """A level set by software (Pin.value): changes only when the firmware writes it."""
+
+    kind = "static"
+
+    def __init__(self, level=0):
+        self.level = level
+
+    def level_at(self, t_us):
+        return self.level
+
+    def next_edge(self, t_us):
+        return FOREVER
+
+
+class PWMWave:
+    """LEDC PWM: integer frequency, duty as a 16-bit fraction, free-running from t0."""
+
+    kind = "pwm"
+
+    def __init__(self, t0_us, freq_hz, duty_u16):
+        self.t0 = t0_us
+        self.period = 1e6 / freq_hz
+        self.high = self.period * duty_u16 / 65535.0
+
+    def level_at(self, t_us):
+        if self.high <= 0:
+            return 0
+        if self.high >= self.period:
+            return 1
+        return 1 if (t_us - self.t0) % self.period < self.high else 0
+
+    def next_edge(self, t_us):
+        if self.high <= 0 or self.high >= self.period:
+            return FOREVER
+        ph = (t_us - self.t0) % self.period
+        base = t_us - ph
+        if ph < self.high:
+            e = base + self.high
+        else:
+            e = base + self.period
+        e = int(math.ceil(e))
+        return e if e > t_us else t_us + 1
+
+
+class RMTWave:
+    """RMT transmission: (level, duration) items, once, n times or looped forever."""
+
+    kind = "rmt"
+
+    def __init__(self, t0_us, levels, durs_us, loops, idle_level):
+        self.t0 = t0_us
+        self.levels = levels
+        self.durs = durs_us
+        self.total = sum(durs_us)
+        self.loops = loops  # -1 forever, else number of repetitions (>= 1)
+        self.idle = idle_level
+        ends = []
+        acc = 0.0
+        for d in durs_us:
+            acc += d
+            ends.append(acc)
+        self.ends = ends
+
+    def end_us(self):
+        if self.loops < 0:
+            return FOREVER
+        return self.t0 + self.total * self.loops
+
+    def _locate(self, t_us):
+        rel = t_us - self.t0
+        if rel < 0:
+            return None, 0
+        n = int(rel // self.total)
+        if self.loops >= 0 and n >= self.loops:
+            return None, 0
+        r = rel - n * self.total
+        i = 0
+        ends = self.ends
+        while i < len(ends) - 1 and r >= ends[i]:
+            i += 1
+        return i, self.t0 + n * self.total
+
+    def level_at(self, t_us):
+        i, _ = self._locate(t_us)
+        return self.idle if i is None else self.levels[i]
+
+    def next_edge(self, t_us):
+        i, base = self._locate(t_us)
+        if i is None:
+            return FOREVER if t_us >= self.t0 else self.t0
+        e = int(math.ceil(base + self.ends[i]))
+        return e if e > t_us else t_us + 1
+
+    def done(self, t_us):
+        return self.loops >= 0 and t_us >= self.end_us()
+
+
+# ---------------------------------------------------------------------------------------
+# Load and front end.
+
+
+class Load:
+    """Skin-electrode load: series R (gel, tissue) + (R || C) stratum corneum.
+
+    Values are for full contact; `area` (0..1] scales R down and C up. `open` is lift-off.
+    """
+
+    def __init__(self, r_series_ohm=2000.0, r_parallel_ohm=30000.0, c_parallel_f=0.1e-6):
+        self.base_rs = r_series_ohm
+        self.base_rp = r_parallel_ohm
+        self.base_cp = c_parallel_f
+        self.area = 1.0
+        self.open = False
+        self.short = False
+        self.drift_from_us = 0
+        self.drift_over_us = 0
+        self.drift_factor = 1.0
+
+    def factor(self, t_us):
+        if self.drift_over_us <= 0:
+            return self.drift_factor
+        x = (t_us - self.drift_from_us) / self.drift_over_us
+        if x <= 0:
+            return 1.0
+        if x >= 1:
+            return self.drift_factor
+        return 1.0 + (self.drift_factor - 1.0) * x
+
+    def values(self, t_us):
+        """(r_series, r_parallel, c_parallel) now; r_parallel may be 0 (pure resistor)."""
+        if self.short:
+            return 10.0, 0.0, 0.0
+        k = self.factor(t_us) / self.area
+        return self.base_rs * k, self.base_rp * k, self.base_cp / k
+
+
+class FrontEnd:
+    """Reference analog front end, as built, with its component errors.
+
+    DAC code -> DAC volts -> voltage-to-current source (gain, offset, hardware limit,
+    compliance voltage) -> shunt (unipolar side) -> H-bridge (EN gates, POL picks sign)
+    -> DC-blocking capacitor -> electrodes -> load.
+    Monitors: AIN0 = shunt voltage, AIN1 = |output voltage| / divider, AIN2 = 0, AIN3 = 0.
+    """
+
+    def __init__(self, fe, errors):
+        self.dac_vref_v = fe.get("dac_vref_v", 3.3)
+        self.dac_bits = fe.get("dac_bits", 8)
+        self.gain_ua_per_v = fe["source_gain_ua_per_v"] * (1.0 + errors.get("source_gain", 0.0))
+        self.offset_ua = errors.get("source_offset_ua", 0.0)
+        self.dac_gain = 1.0 + errors.get("dac_gain", 0.0)
+        self.dac_offset_v = errors.get("dac_offset_v", 0.0)
+        self.hw_limit_ua = fe["hw_current_limit_ua"]
+        self.compliance_v = fe["compliance_v"]
+        self.shunt_ohm = fe["shunt_ohm"] * (1.0 + errors.get("shunt", 0.0))
+        self.divider = fe["load_divider"] * (1.0 + errors.get("divider", 0.0))
+        self.c_block_f = fe["dc_block_uf"] * 1e-6
+        self.ain_offset_v = errors.get("ain_offset_v", 0.0)
+
+    def source_ua(self, dac_code):
+        v = dac_code * self.dac_vref_v / ((1 << self.dac_bits) - 1)
+        v = v * self.dac_gain + self.dac_offset_v
+        if v < 0:
+            v = 0.0
+        i = v * self.gain_ua_per_v + self.offset_ua
+        if i < 0:
+            return 0.0
+        if i > self.hw_limit_ua:
+            return self.hw_limit_ua
+        return i
+
+
+# ---------------------------------------------------------------------------------------
+# The world.
+
+_world = None
+
+
+def world():
+    return _world
+
+
+class World:
+    def __init__(self, cfg, reset_cause=PWRON_RESET, state=None):
+        global _world
+        _world = self
+        self.cfg = cfg
+        board = cfg["board"]
+        self.board = board
+        sim = cfg.get("sim", {})
+        self.reset_cause = reset_cause
+        self.pins_by_name = cfg.get("pins", {})  # name -> gpio number
+        self.valid_gpios = set(cfg.get("gpios", list(range(40))))
+        self.speed = cfg.get("speed")  # None: as fast as possible; 1.0: real time
+        self.seed = sim.get("seed", 1)
+        self._rng_state = (self.seed * 2654435761 + 1) & 0xFFFFFFFF or 1
+        self.noise = sim.get("noise", True)
+
+        st = state or {}
+        self.now_us = st.get("now_us", 0) + (sim.get("boot_us", 300000) if state else 0)
+        self.boots = st.get("boots", 0) + 1
+        self._wall0 = _wall_us()
+        self._virt0 = self.now_us
+
+        # GPIO: gpio -> level source (outputs) or input level (inputs)
+        self.out = {}
+        self.inputs = {}
+        self.irq = {}  # gpio -> (handler, trigger, pin object)
+        self.dac = {}  # gpio -> code
+        if state and reset_cause == SOFT_RESET:
+            # A soft reset keeps DAC levels and GPIO output levels.
+            for k, v in st.get("dac", {}).items():
+                self.dac[int(k)] = v
+            for k, v in st.get("levels", {}).items():
+                self.out[int(k)] = Static(v)
+
+        fe = board["frontend"]
+        self.fe = FrontEnd(fe, sim.get("errors", {}))
+        self.gpio_en = self.pins_by_name.get("STIM_EN")
+        self.gpio_pol = self.pins_by_name.get("STIM_POL")
+        self.gpio_dac = self.pins_by_name.get("DAC_AMP")
+        self.dac_stuck = False
+
+        ld = sim.get("load", {})
+        self.load = Load(
+            ld.get("r_series_ohm", 2000.0),
+            ld.get("r_parallel_ohm", 30000.0),
+            ld.get("c_parallel_f", 0.1e-6),
+        )
+        # Analog state: skin capacitor and DC-block capacitor voltages.
+        self.v_cp = 0.0
+        self.v_cb = 0.0
+        self.phys_t = self.now_us
+        # Recent segments for the ADC's averaging window: parallel ring buffers.
+        n = 256
+        self._seg_n = n
+        self._seg_t0 = [0] * n
+        self._seg_t1 = [0] * n
+        self._seg_i = [0.0] * n  # |current| in A, constant over a segment
+        self._seg_v0 = [0.0] * n  # |output voltage| at start and end
+        self._seg_v1 = [0.0] * n
+        self._seg_w = 0
+
+        self.i2c = {}  # bus id -> {addr: device}
+        self.timers = []  # [due_us, period_us or 0, callback, arg, key]
+        self.wdt_timeout_us = 0
+        self.wdt_fed_us = 0
+        self._in_callback = False
+        self._events = []
+        for ev in cfg.get("scenario", []):
+            at = int(ev.get("at_s", 0) * 1e6)
+            self._events.append((at, ev))
+        self._events.sort(key=lambda e: e[0])
+        self._ev_i = 0
+
+        self.ctl = None
+        ctl_path = cfg.get("ctl_path")
+        if ctl_path:
+            self.ctl = open(ctl_path, "w")
+        # Host files are opened now: once the flash is mounted at "/" they are out of reach.
+        self.state_file = None
+        sp = cfg.get("state_path")
+        if sp:
+            try:
+                self.state_file = open(sp, "r+b")
+            except OSError:
+                self.state_file = open(sp, "w+b")
+        self.trace = None
+        self.events_log = None
+        tdir = cfg.get("trace_dir")
+        if tdir:
+            self.trace = open(tdir + "/phases.bin", "ab")
+            self.events_log = open(tdir + "/events.jsonl", "a")
+        self._tbuf = bytearray(PHASE_SIZE * 128)
+        self._tn = 0
+
+        self.usb_present = sim.get("usb_present", False)
+        # Inputs at power-on: button released (pull-up), USB sense per config.
+        self._set_input_by_name("BUTTON", 1)
+        self._set_input_by_name("USB_SENSE", 1 if self.usb_present else 0)
+        self._set_input_by_name("ADS_ALERT", 1)
+
+        self.log("boot", cause=reset_cause, boots=self.boots)
+        # Replay past scenario events' lasting effects (load, faults) after a reset.
+        while self._ev_i < len(self._events) and self._events[self._ev_i][0] <= self.now_us:
+            self._apply(self._events[self._ev_i][1], replay=True)
+            self._ev_i += 1
+
+    # ---- clock ---------------------------------------------------------------------
+    def ticks_us(self):
+        return self.now_us & TICKS_MASK
+
+    def spend_us(self, us):
+        """Time consumed by an operation (bus transfer, CPU). Runs what falls due."""
+        self.advance_to(self.now_us + us)
+
+    def sleep_us(self, us):
+        if us > 0:
+            self.advance_to(self.now_us + us)
+        else:
+            self.spend_us(1)
+
+    def advance_to(self, t_us):
+        if self.speed is not None:
+            wall_now = self._virt0 + int((_wall_us() - self._wall0) * self.speed)
+            if wall_now > t_us:
+                t_us = wall_now
+        while True:
+            due = self._next_due()
+            if due > t_us:
+                break
+            if due > self.now_us:
+                self.now_us = due
+            self._fire_due()
+        if t_us > self.now_us:
+            self.now_us = t_us
+        if self.speed is not None:
+            self._pace()
+
+    def _pace(self):
+        target_wall = self._wall0 + int((self.now_us - self._virt0) / self.speed)
+        wait = target_wall - _wall_us()
+        if wait > 0:
+            _rt.sleep_us(wait) if MICROPYTHON else _rt.sleep(wait / 1e6)
+
+    def _next_due(self):
+        due = FOREVER
+        if self._ev_i < len(self._events):
+            due = self._events[self._ev_i][0]
+        for t in self.timers:
+            if t[0] < due:
+                due = t[0]
+        if self.wdt_timeout_us:
+            w = self.wdt_fed_us + self.wdt_timeout_us
+            if w < due:
+                due = w
+        return due
+
+    def _fire_due(self):
+        now = self.now_us
+        if self.wdt_timeout_us and self.wdt_fed_us + self.wdt_timeout_us <= now:
+            self.log("wdt_expired", starved_us=now - self.wdt_fed_us)
+            self.reset(WDT_RESET)
+        if self._ev_i < len(self._events) and self._events[self._ev_i][0] <= now:
+            ev = self._events[self._ev_i][1]
+            self._ev_i += 1
+            self._apply(ev)
+            return
+        for t in self.timers:
+            if t[0] <= now:
+                if t[1]:
+                    t[0] += t[1]
+                else:
+                    self.timers.remove(t)
+                self._callback(t[2], t[3])
+                return
+
+    def _callback(self, cb, arg):
+        # Soft IRQs run between bytecodes; one at a time, never nested.
+        if self._in_callback:
+            return
+        self._in_callback = True
+        try:
+            cb(arg)
+        finally:
+            self._in_callback = False
+
+    # ---- GPIO ------------------------------------------------------------------------
+    def check_gpio(self, gpio):
+        if gpio not in self.valid_gpios:
+            raise ValueError("invalid pin")
+
+    def set_output(self, gpio, source):
+        if gpio == self.gpio_en or gpio == self.gpio_pol:
+            self.sync()
+        self.out[gpio] = source
+
+    def output_level(self, gpio):
+        src = self.out.get(gpio)
+        return src.level_at(self.now_us) if src is not None else None
+
+    def input_level(self, gpio):
+        lvl = self.output_level(gpio)
+        if lvl is not None:
+            return lvl
+        return self.inputs.get(gpio, 0)
+
+    def release_output(self, gpio):
+        if gpio in self.out:
+            self.set_output(gpio, None)
+            del self.out[gpio]
+
+    def _set_input_by_name(self, name, level):
+        g = self.pins_by_name.get(name)
+        if g is not None:
+            self._set_input(g, level)
+
+    def _set_input(self, gpio, level):
+        old = self.inputs.get(gpio)
+        self.inputs[gpio] = level
+        h = self.irq.get(gpio)
+        if h is not None and old is not None and old != level:
+            handler, trigger, pin = h
+            # Pin.IRQ_FALLING = 2, Pin.IRQ_RISING = 1 on the ESP32 port
+            if (level == 0 and trigger & 2) or (level == 1 and trigger & 1):
+                self._callback(handler, pin)
+
+    def set_dac(self, gpio, code):
+        if gpio == self.gpio_dac:
+            self.sync()
+        self.dac[gpio] = code
+
+    # ---- analog ----------------------------------------------------------------------
+    def source_ua(self):
+        code = self.dac.get(self.gpio_dac, 0)
+        if self.dac_stuck:
+            code = (1 << self.fe.dac_bits) - 1
+        return self.fe.source_ua(code)
+
+    def _wave(self, gpio):
+        src = self.out.get(gpio)
+        return src if src is not None else _LOW
+
+    def sync(self):
+        """Bring the analog state up to now."""
+        t = self.phys_t
+        end = self.now_us
+        if end <= t:
+            return
+        en_w = self._wave(self.gpio_en)
+        pol_w = self._wave(self.gpio_pol)
+        i_cmd = self.source_ua() * 1e-6
+        while t < end:
+            tn = en_w.next_edge(t)
+            tp = pol_w.next_edge(t)
+            if tp < tn:
+                tn = tp
+            if tn > end:
+                tn = end
+            self._segment(t, tn, en_w.level_at(t), pol_w.level_at(t), i_cmd)
+            t = tn
+        self.phys_t = end
+
+    def _segment(self, t0, t1, en, pol, i_cmd):
+        dt = (t1 - t0) * 1e-6
+        load = self.load
+        fe = self.fe
+        rs, rp, cp = load.values(t0)
+        s = 1.0 if pol else -1.0
+        if not en or i_cmd <= 0.0:
+            # Output disconnected: the skin capacitance relaxes through its own R.
+            if rp > 0 and cp > 0:
+                self.v_cp *= math.exp(-dt / (rp * cp))
+            self._push(t0, t1, 0.0, 0.0, 0.0)
+            return
+        vc = fe.compliance_v
+        if load.open:
+            self._push(t0, t1, 0.0, vc, vc)
+            self._phase(t0, t1, 0.0, 0.0, vc, i_cmd, F_OPEN)
+            return
+        cb = fe.c_block_f
+        v_cp0 = self.v_cp
+        v_cb0 = self.v_cb
+        i = s * i_cmd
+        # Unsaturated: exact solution for a constant current.
+        if rp > 0 and cp > 0:
+            tau = rp * cp
+            target = i * rp
+            v_cp1 = target + (v_cp0 - target) * math.exp(-dt / tau)
+        else:
+            v_cp1 = i * rp
+        v_cb1 = v_cb0 + i * dt / cb
+        v0 = i * rs + v_cp0 + v_cb0
+        v1 = i * rs + v_cp1 + v_cb1
+        if abs(v0) <= vc and abs(v1) <= vc:
+            self.v_cp = v_cp1
+            self.v_cb = v_cb1
+            a0 = abs(v0)
+            a1 = abs(v1)
+            self._push(t0, t1, i_cmd, a0, a1)
+            self._phase(t0, t1, i * 1e6, i_cmd * 1e6, a0 if a0 > a1 else a1, i_cmd, 0)
+            return
+        # At compliance: the output voltage is pinned at +-vc; integrate in substeps.
+        n = 16
+        h = dt / n
+        q = 0.0
+        i_peak = 0.0
+        v_cp = v_cp0
+        v_cb = v_cb0
+        for _ in range(n):
+            ii = (s * vc - v_cp - v_cb) / rs if rs > 0 else i
+            if ii * s < 0:
+                ii = 0.0
+            if abs(ii) > i_cmd:
+                ii = i
+            if rp > 0 and cp > 0:
+                tgt = ii * rp
+                v_cp = tgt + (v_cp - tgt) * math.exp(-h / (rp * cp))
+            else:
+                v_cp = ii * rp
+            v_cb += ii * h / cb
+            q += ii * h
+            if abs(ii) > i_peak:
+                i_peak = abs(ii)
+        self.v_cp = v_cp
+        self.v_cb = v_cb
+        i_mean = q / dt if dt > 0 else 0.0
+        self._push(t0, t1, abs(i_mean), vc, vc)
+        self._phase(t0, t1, i_mean * 1e6, i_peak * 1e6, vc, i_cmd, F_COMPLIANCE)
+
+    def _push(self, t0, t1, i_abs, v0, v1):
+        w = self._seg_w % self._seg_n
+        self._seg_t0[w] = t0
+        self._seg_t1[w] = t1
+        self._seg_i[w] = i_abs
+        self._seg_v0[w] = v0
+        self._seg_v1[w] = v1
+        self._seg_w += 1
+
+    def ain_average(self, ch, t0_us, t1_us):
+        """Mean voltage at ADS1115 input `ch` (0..3, single-ended) over [t0, t1] µs."""
+        if t1_us > self.now_us:
+            t1_us = self.now_us
+        self.sync()
+        if t1_us <= t0_us:
+            t0_us = t1_us - 1
+        fe = self.fe
+        total = 0.0
+        n = self._seg_n
+        w = self._seg_w
+        k = 0
+        while k < n and k < w:
+            j = (w - 1 - k) % n
+            a = self._seg_t0[j]
+            b = self._seg_t1[j]
+            k += 1
+            if b <= t0_us:
+                break
+            if a >= t1_us:
+                continue
+            lo = a if a > t0_us else t0_us
+            hi = b if b < t1_us else t1_us
+            if ch == 0:
+                total += self._seg_i[j] * fe.shunt_ohm * (hi - lo)
+            elif ch == 1:
+                # Linear interpolation of |v| across the segment, averaged over the overlap.
+                span = b - a
+                va = self._seg_v0[j]
+                vb = self._seg_v1[j]
+                fa = (lo - a) / span
+                fb = (hi - a) / span
+                total += (va + (vb - va) * (fa + fb) / 2) * (hi - lo) / fe.divider
+        return total / (t1_us - t0_us) + fe.ain_offset_v
+
+    def gauss(self):
+        """Standard normal deviate from a seeded xorshift (deterministic per run)."""
+        u1 = self._uniform()
+        u2 = self._uniform()
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(6.283185307179586 * u2)
+
+    def _uniform(self):
+        x = self._rng_state
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._rng_state = x
+        return (x + 1) / 4294967297.0
+
+    # ---- trace -------------------------------------------------------------------------
+    def _phase(self, t0, t1, i_mean_ua, i_peak_ua, v_peak, i_cmd_a, flags):
+        if self.trace is None:
+            return
+        struct.pack_into(
+            PHASE_FMT, self._tbuf, self._tn * PHASE_SIZE,
+            t0, t1 - t0, i_mean_ua, i_peak_ua, v_peak, i_cmd_a * 1e6, 0.0, flags,
+        )
+        self._tn += 1
+        if self._tn * PHASE_SIZE >= len(self._tbuf):
+            self.flush()
+
+    def flush(self):
+        if self.trace is not None and self._tn:
+            self.trace.write(memoryview(self._tbuf)[: self._tn * PHASE_SIZE])
+            self.trace.flush()
+            self._tn = 0
+        if self.events_log is not None:
+            self.events_log.flush()
+
+    def log(self, event_name, **kw):
+        if self.events_log is None:
+            return
+        kw["t_us"] = self.now_us
+        kw["event"] = event_name
+        self.events_log.write(json.dumps(kw) + "\n")
+
+    # ---- scenario ----------------------------------------------------------------------
+    def _apply(self, ev, replay=False):
+        kind = ev["event"]
+        load = self.load
+        self.sync()
+        if kind == "lift":
+            load.open = True
+        elif kind == "contact":
+            load.open = False
+            load.short = False
+            load.area = ev.get("area", 1.0)
+        elif kind == "load":
+            load.base_rs = ev.get("r_series_ohm", load.base_rs)
+            load.base_rp = ev.get("r_parallel_ohm", load.base_rp)
+            load.base_cp = ev.get("c_parallel_f", load.base_cp)
+        elif kind == "gel_drying":
+            load.drift_from_us = int(ev.get("at_s", 0) * 1e6)
+            load.drift_over_us = int(ev.get("over_s", 300) * 1e6)
+            load.drift_factor = ev.get("factor", 3.0)
+        elif kind == "short":
+            load.short = True
+        elif kind == "dac_stuck":
+            self.dac_stuck = ev.get("on", True)
+        elif kind in ("i2c_nack", "adc_stuck"):
+            for bus in self.i2c.values():
+                for dev in bus.values():
+                    if ev.get("address", dev.address) == dev.address:
+                        dev.fault = None if not ev.get("on", True) else kind[4:] if kind == "i2c_nack" else "stuck"
+        elif kind == "button":
+            self._set_input_by_name("BUTTON", 0 if ev.get("down", True) else 1)
+        elif kind == "press":
+            if not replay:
+                self._set_input_by_name("BUTTON", 0)
+                hold = int(ev.get("hold_s", 0.15) * 1e6)
+                self._events.insert(self._ev_i, (self.now_us + hold, {"event": "button", "down": False}))
+                self._events.sort(key=lambda e: e[0])
+        elif kind == "usb":
+            self.usb_present = ev.get("present", True)
+            self._set_input_by_name("USB_SENSE", 1 if self.usb_present else 0)
+        elif kind in ("brownout", "power_cut"):
+            if not replay:
+                self.log(kind)
+                self.power_off(int(ev.get("off_s", 0.5) * 1e6))
+        elif kind == "stop":
+            if not replay:
+                self.log("stop")
+                self.finish(ev.get("code", 0))
+        else:
+            raise ValueError("unknown scenario event %r" % kind)
+        if not replay:
+            self.log("scenario", what=kind, spec=ev)
+
+    # ---- resets and power ---------------------------------------------------------------
+    def save_state(self, keep_outputs):
+        """What survives this power cycle: virtual time, boot count, and on a soft reset
+        the DAC and GPIO output levels. Padded in place (files cannot be truncated)."""
+        if self.state_file is None:
+            return
+        st = {"now_us": self.now_us, "boots": self.boots}
+        if keep_outputs:
+            st["dac"] = {str(k): v for k, v in self.dac.items()}
+            st["levels"] = {str(k): s.level_at(self.now_us) for k, s in self.out.items() if s is not None}
+        data = json.dumps(st).encode()
+        f = self.state_file
+        f.seek(0)
+        f.write(data + b" " * (4096 - len(data)))
+        f.flush()
+
+    def _hand_over(self, msg, keep_outputs=False):
+        self.sync()
+        self.flush()
+        self.save_state(keep_outputs)
+        if self.ctl is None:
+            raise SystemExit(msg)
+        self.ctl.write(msg + "\n")
+        self.ctl.flush()
+        # The supervisor kills this process now; nothing after this line runs.
+        while True:
+            _rt.sleep_ms(1000)
+
+    def reset(self, cause):
+        self.log("reset", cause=cause)
+        self._hand_over("reset %d" % cause)
+
+    def soft_reset(self):
+        self.log("reset", cause=SOFT_RESET)
+        self._hand_over("soft", keep_outputs=True)
+
+    def power_off(self, off_us):
+        self.now_us += off_us
+        self._hand_over("poweroff %d" % off_us)
+
+    def finish(self, code=0):
+        self._hand_over("done %d" % code)
+
+    def at_exit(self):
+        # Interpreter exits on Ctrl-D at the REPL: a soft reset keeps outputs.
+        self.sync()
+        self.flush()
+        self.save_state(keep_outputs=True)
+
+    def repl_started(self):
+        self.flush()
+
+
+_LOW = Static(0)
+
+
+def boot(cfg_path, reset_cause):
+    with open(cfg_path) as f:
+        cfg = json.loads(f.read())
+    state = None
+    sp = cfg.get("state_path")
+    if sp:
+        try:
+            with open(sp) as f:
+                state = json.loads(f.read())
+        except OSError:
+            state = None
+    w = World(cfg, reset_cause, state)
+    if MICROPYTHON:
+        sys.atexit(lambda: w.at_exit())
+    return w
+
+
+# ---------------------------------------------------------------------------------------
+# Flash: LittleFS on a file-backed block device, like an ESP32's vfs partition.
+
+
+class FileBlockDev:
+    """NOR-flash-like block device over a host file (4096-byte erase blocks)."""
+
+    def __init__(self, f, block_size, blocks):
+        self.f = f
+        self.bs = block_size
+        self.n = blocks
+
+    def readblocks(self, block, buf, off=0):
+        self.f.seek(block * self.bs + off)
+        self.f.readinto(buf)
+
+    def writeblocks(self, block, buf, off=None):
+        if off is None:
+            # Simple interface: erase then program whole blocks.
+            off = 0
+        self.f.seek(block * self.bs + off)
+        self.f.write(buf)
+
+    def ioctl(self, op, arg):
+        if op == 3:  # sync
+            self.f.flush()
+            return 0
+        if op == 4:
+            return self.n
+        if op == 5:
+            return self.bs
+        if op == 6:  # erase
+            self.f.seek(arg * self.bs)
+            self.f.write(b"\xff" * self.bs)
+            return 0
+        return None
+
+
+def _copy_tree(os, src, dst):
+    for name in os.listdir(src):
+        s = src + "/" + name
+        d = dst + "/" + name
+        if os.stat(s)[0] & 0x4000:
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+            _copy_tree(os, s, d)
+        else:
+            with open(s, "rb") as fi:
+                data = fi.read()
+            with open(d, "wb") as fo:
+                fo.write(data)
+
+
+def mount_flash(w):
+    import os
+
+    fcfg = w.cfg.get("flash", {})
+    path = fcfg.get("image")
+    if not path:
+        return
+    bs = 4096
+    blocks = fcfg.get("size_kb", 1536) * 1024 // bs
+    try:
+        f = open(path, "r+b")
+        fresh = False
+    except OSError:
+        f = open(path, "w+b")
+        chunk = b"\xff" * bs
+        for _ in range(blocks):
+            f.write(chunk)
+        f.flush()
+        fresh = True
+    bdev = FileBlockDev(f, bs, blocks)
+    if fresh:
+        os.VfsLfs2.mkfs(bdev)
+    try:
+        vfs = os.VfsLfs2(bdev)
+    except OSError:
+        # Like the ESP32's _boot.py: an unreadable filesystem is recreated.
+        os.VfsLfs2.mkfs(bdev)
+        vfs = os.VfsLfs2(bdev)
+    prov = fcfg.get("provision")
+    if prov:
+        os.mount(vfs, "/flash")
+        _copy_tree(os, prov, "/flash")
+        os.umount("/flash")
+    os.umount("/")
+    os.mount(vfs, "/")
+    w.flash_file = f

