@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from microstim import paths
 from microstim.vboard import runconfig
 

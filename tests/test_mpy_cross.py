@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 from conftest import MPY_CROSS, ROOT
-
 from microstim import paths
 
 FILES = sorted((ROOT / "firmware").rglob("*.py")) + sorted(paths.vboard_device_dir().glob("*.py"))

@@ -6,9 +6,8 @@
 # supervisor grow in msfw.regulator / msfw.supervisor.
 import json
 
-from msfw import VERSION
+from msfw import VERSION, pulse
 from msfw import board as boardmod
-from msfw import pulse
 from msfw.ads1115 import pga_for, rate_code
 from msfw.hw import Hardware
 

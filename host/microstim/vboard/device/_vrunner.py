@@ -37,9 +37,10 @@ _cause = int(os.getenv("MICROSTIM_VB_RESET_CAUSE") or "1")
 _world = _vworld.boot(_cfg_path, _cause)
 
 # Importing these now binds the fakes in sys.modules before the host root disappears.
-import machine  # noqa: E402,F401
-import esp32  # noqa: E402,F401
 import time  # noqa: E402,F401
+
+import esp32  # noqa: E402,F401
+import machine  # noqa: E402,F401
 
 _vworld.mount_flash(_world)
 

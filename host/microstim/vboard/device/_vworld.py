@@ -45,6 +45,7 @@ DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
 FOREVER = 1 << 62
+FLUSH_EVERY_US = 250000
 
 # Flags of a phase record in the trace.
 F_COMPLIANCE = 1  # source at its compliance voltage: delivered < commanded
@@ -245,6 +246,8 @@ class FrontEnd:
         self.divider = fe["load_divider"] * (1.0 + errors.get("divider", 0.0))
         self.c_block_f = fe["dc_block_uf"] * 1e-6
         self.ain_offset_v = errors.get("ain_offset_v", 0.0)
+        self.fast_divider = fe.get("fast_load_divider", 15.0)
+        self.fast_gain = 1.0 + errors.get("fast_adc_gain", 0.0)
 
     def source_ua(self, dac_code):
         v = dac_code * self.dac_vref_v / ((1 << self.dac_bits) - 1)
@@ -319,6 +322,8 @@ class World:
         # Analog state: skin capacitor and DC-block capacitor voltages.
         self.v_cp = 0.0
         self.v_cb = 0.0
+        self.v_out_abs = 0.0  # |output voltage| now (0 while the source is disabled)
+        self.gpio_fast_sense = self.pins_by_name.get("VLOAD_FAST")
         self.phys_t = self.now_us
         # Recent segments for the ADC's averaging window: parallel ring buffers.
         n = 256
@@ -331,6 +336,13 @@ class World:
         self._seg_w = 0
 
         self.i2c = {}  # bus id -> {addr: device}
+        adc = board["frontend"].get("adc", {})
+        if adc.get("kind") == "ads1115":
+            import _ads1115
+
+            bus = adc.get("i2c", 0)
+            addr = adc.get("address", 0x48)
+            self.i2c.setdefault(bus, {})[addr] = _ads1115.ADS1115(self, addr)
         self.timers = []  # [due_us, period_us or 0, callback, arg, key]
         self.wdt_timeout_us = 0
         self.wdt_fed_us = 0
@@ -360,6 +372,8 @@ class World:
         if tdir:
             self.trace = open(tdir + "/phases.bin", "ab")
             self.events_log = open(tdir + "/events.jsonl", "a")
+        self._flushed_us = self.now_us
+        self._ph = None  # the phase being recorded
         self._tbuf = bytearray(PHASE_SIZE * 128)
         self._tn = 0
 
@@ -403,6 +417,10 @@ class World:
             self._fire_due()
         if t_us > self.now_us:
             self.now_us = t_us
+        if self.now_us - self._flushed_us >= FLUSH_EVERY_US:
+            # Keep the physics and the trace on disk current for live readers.
+            self._flushed_us = self.now_us
+            self.flush()
         if self.speed is not None:
             self._pace()
 
@@ -537,6 +555,7 @@ class World:
         rs, rp, cp = load.values(t0)
         s = 1.0 if pol else -1.0
         if not en or i_cmd <= 0.0:
+            self._end_phase()
             # Output disconnected: the skin capacitance relaxes through its own R.
             if rp > 0 and cp > 0:
                 self.v_cp *= math.exp(-dt / (rp * cp))
@@ -545,7 +564,7 @@ class World:
         vc = fe.compliance_v
         if load.open:
             self._push(t0, t1, 0.0, vc, vc)
-            self._phase(t0, t1, 0.0, 0.0, vc, i_cmd, F_OPEN)
+            self._phase(t0, t1, 0.0, 0.0, vc, i_cmd, F_OPEN, s)
             return
         cb = fe.c_block_f
         v_cp0 = self.v_cp
@@ -567,7 +586,7 @@ class World:
             a0 = abs(v0)
             a1 = abs(v1)
             self._push(t0, t1, i_cmd, a0, a1)
-            self._phase(t0, t1, i * 1e6, i_cmd * 1e6, a0 if a0 > a1 else a1, i_cmd, 0)
+            self._phase(t0, t1, i * 1e6, i_cmd * 1e6, a0 if a0 > a1 else a1, i_cmd, 0, s)
             return
         # At compliance: the output voltage is pinned at +-vc; integrate in substeps.
         n = 16
@@ -595,9 +614,10 @@ class World:
         self.v_cb = v_cb
         i_mean = q / dt if dt > 0 else 0.0
         self._push(t0, t1, abs(i_mean), vc, vc)
-        self._phase(t0, t1, i_mean * 1e6, i_peak * 1e6, vc, i_cmd, F_COMPLIANCE)
+        self._phase(t0, t1, i_mean * 1e6, i_peak * 1e6, vc, i_cmd, F_COMPLIANCE, s)
 
     def _push(self, t0, t1, i_abs, v0, v1):
+        self.v_out_abs = v1
         w = self._seg_w % self._seg_n
         self._seg_t0[w] = t0
         self._seg_t1[w] = t1
@@ -641,6 +661,25 @@ class World:
                 total += (va + (vb - va) * (fa + fb) / 2) * (hi - lo) / fe.divider
         return total / (t1_us - t0_us) + fe.ain_offset_v
 
+    def adc_uv(self, gpio, atten):
+        """ESP32 ADC1 reading (read_uv) of a pin: the fast load-voltage monitor, or 0.
+
+        The ADC samples the instant it is read; read_uv applies the factory calibration,
+        which leaves about 1 % gain error (per-board, seeded) and a few mV of noise.
+        """
+        v = 0.0
+        if gpio == self.gpio_fast_sense:
+            self.sync()
+            v = self.v_out_abs / self.fe.fast_divider * self.fe.fast_gain
+        lo, hi = _ADC_RANGE_V[atten]
+        if self.noise:
+            v += 0.002 * self.gauss()
+        if v < lo:
+            v = lo if v > 0.05 else 0.0
+        if v > hi:
+            v = hi
+        return int(v * 1e6)
+
     def gauss(self):
         """Standard normal deviate from a seeded xorshift (deterministic per run)."""
         u1 = self._uniform()
@@ -656,22 +695,50 @@ class World:
         return (x + 1) / 4294967297.0
 
     # ---- trace -------------------------------------------------------------------------
-    def _phase(self, t0, t1, i_mean_ua, i_peak_ua, v_peak, i_cmd_a, flags):
+    def _phase(self, t0, t1, i_mean_ua, i_peak_ua, v_peak, i_cmd_a, flags, sign):
+        """Add a segment with the output on; contiguous same-sign segments (split by a DAC
+        write, say) make one phase record."""
         if self.trace is None:
             return
+        ph = self._ph
+        if ph is not None and ph[1] == t0 and ph[7] == sign:
+            ph[1] = t1
+            ph[2] += i_mean_ua * (t1 - t0)
+            if i_peak_ua > ph[3]:
+                ph[3] = i_peak_ua
+            if v_peak > ph[4]:
+                ph[4] = v_peak
+            if i_cmd_a * 1e6 > ph[5]:
+                ph[5] = i_cmd_a * 1e6
+            ph[6] |= flags
+            return
+        self._end_phase()
+        self._ph = [t0, t1, i_mean_ua * (t1 - t0), i_peak_ua, v_peak, i_cmd_a * 1e6, flags, sign]
+
+    def _end_phase(self):
+        ph = self._ph
+        if ph is None:
+            return
+        self._ph = None
+        dur = ph[1] - ph[0]
         struct.pack_into(
             PHASE_FMT, self._tbuf, self._tn * PHASE_SIZE,
-            t0, t1 - t0, i_mean_ua, i_peak_ua, v_peak, i_cmd_a * 1e6, 0.0, flags,
+            ph[0], dur, ph[2] / dur, ph[3], ph[4], ph[5], 0.0, ph[6],
         )
         self._tn += 1
         if self._tn * PHASE_SIZE >= len(self._tbuf):
-            self.flush()
+            self._write_trace()
 
-    def flush(self):
+    def _write_trace(self):
         if self.trace is not None and self._tn:
             self.trace.write(memoryview(self._tbuf)[: self._tn * PHASE_SIZE])
             self.trace.flush()
             self._tn = 0
+
+    def flush(self):
+        """Physics up to now, then everything recorded onto disk."""
+        self.sync()
+        self._write_trace()
         if self.events_log is not None:
             self.events_log.flush()
 
@@ -752,6 +819,7 @@ class World:
 
     def _hand_over(self, msg, keep_outputs=False):
         self.sync()
+        self._end_phase()
         self.flush()
         self.save_state(keep_outputs)
         if self.ctl is None:
@@ -780,6 +848,7 @@ class World:
     def at_exit(self):
         # Interpreter exits on Ctrl-D at the REPL: a soft reset keeps outputs.
         self.sync()
+        self._end_phase()
         self.flush()
         self.save_state(keep_outputs=True)
 
@@ -788,6 +857,9 @@ class World:
 
 
 _LOW = Static(0)
+
+# ESP32 ADC linear ranges by attenuation (0, 2.5, 6, 11 dB), volts.
+_ADC_RANGE_V = ((0.1, 0.95), (0.1, 1.25), (0.15, 1.75), (0.15, 2.45))
 
 
 def boot(cfg_path, reset_cause):

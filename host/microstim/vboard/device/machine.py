@@ -218,13 +218,14 @@ class ADC:
         d = release()
         try:
             w = _w()
-            w.spend_us(40)
-            return w.input_level(self._id) * 3300000
+            w.spend_us(40)  # one-shot conversion, roughly as on an ESP32
+            return w.adc_uv(self._id, self._atten)
         finally:
             restore(d)
 
     def read_u16(self):
-        return min(65535, self.read_uv() * 65535 // 3300000)
+        top = (950000, 1250000, 1750000, 2450000)[self._atten]
+        return min(65535, self.read_uv() * 65535 // top)
 
 
 class I2C:
