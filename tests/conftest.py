@@ -74,3 +74,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Running virtual boards register under the cache dir; keep tests out of the user's.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     os.environ.setdefault("MICROSTIM_TEST", "1")
+
+
+@pytest.fixture
+def vboard(tmp_path):
+    """A running virtual board with the firmware deployed, on a pty; paced to wall time."""
+    from microstim.vboard import VirtualBoard
+
+    boards = []
+
+    def start(**kw):
+        kw.setdefault("speed", 1.0)
+        vb = VirtualBoard(tmp_path / f"vb{len(boards)}", **kw).start()
+        boards.append(vb)
+        return vb
+
+    yield start
+    for vb in boards:
+        vb.stop()
+
+
+def mpremote(port: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The real mpremote CLI, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "mpremote", "connect", port, *args],
+                          capture_output=True, text=True, timeout=timeout)

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.timeout(30)
 STAND_IN_RUNNER = """\
 import json, os, time
 _cfg = json.load(open(os.getenv("MICROSTIM_VB_CONFIG")))
+with open(_cfg["ctl_path"], "w") as f:
+    f.write("up\\n")  # as the real runner does once it is executing
 os.chdir(_cfg["fs_dir"])
 _first = "booted" not in os.listdir()
 open("booted", "w").close()

@@ -22,7 +22,8 @@ from .. import paths
 # platform.machine() -> mpy-cross -march
 _MARCH = {"x86_64": "x64", "AMD64": "x64", "i686": "x86", "i386": "x86"}
 
-COMPILED = ("_vworld", "_ads1115", "machine", "esp32", "time")
+# time.py stays bytecode: its sleep loop must see a pending Ctrl-C (see time.sleep_us).
+COMPILED = ("_vworld", "_ads1115", "machine", "esp32")
 
 
 def mpy_cross() -> str | None:

@@ -29,6 +29,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,14 @@ _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 _SOFT_REBOOT_MSG = b"MPY: soft reboot\r\n"
 _RAW_REPL_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+# Output that leaves the REPL waiting for input: friendly prompt, continuation, raw
+# prompt after the banner, raw prompt after an execution.
+_REPL_PROMPTS = (b">>> ", b"... ", b"\r\n>", b"\x04>")
+_CTRL_C = 0x03
+# The unix port restores SIGINT's default action between executions, so a SIGINT that
+# lands at a prompt would kill the interpreter. Only an execution that has shown no prompt
+# for this long gets one; a Ctrl-C is held meanwhile.
+_BUSY_BEFORE_SIGINT_S = 0.02
 # The last line of the friendly banner, printed on entering the friendly REPL (at start
 # and after Ctrl-B in the raw REPL).
 _FRIENDLY_BANNER_END = b'Type "help()" for more information.\r\n'
@@ -425,6 +434,12 @@ class Supervisor:
             self.port = f"socket://127.0.0.1:{self._listener.getsockname()[1]}"
 
     def _spawn(self, boot: _Boot, *, record: bool = True) -> None:
+        # Until the runner says "up", the interpreter has no SIGINT handler yet: a Ctrl-C
+        # from the host would kill it, where a board would just take it after booting.
+        # Cleared before the child exists, so its "up" cannot be lost.
+        self._child_up = False
+        self._repl_busy_since_s = None
+        self._repl_tail = b""
         master_fd, slave_fd = pty.openpty()
         try:
             _set_raw(slave_fd, signals=True)
@@ -497,8 +512,10 @@ class Supervisor:
         child_fd, host_fd = self._child_fd, self._host_fd
         if child_fd is not None:
             masks[child_fd] = select.POLLIN if len(self._to_host) < _PENDING_LIMIT_BYTES else 0
-            if self._to_child and self._phase is _Phase.RUNNING:
-                if self._rx_bucket.available() > 0:
+            if self._to_child and self._phase is _Phase.RUNNING and self._child_up:
+                if self._to_child[0] == _CTRL_C and self._ctrl_c_action() == "hold":
+                    delays_s.append(_BUSY_BEFORE_SIGINT_S)
+                elif self._rx_bucket.available() > 0:
                     masks[child_fd] |= select.POLLOUT
                 else:
                     delays_s.append(self._rx_bucket.delay_s())
@@ -596,6 +613,9 @@ class Supervisor:
         self._to_host += data
 
     def _track_mode(self, data: bytes) -> None:
+        self._repl_tail = (self._repl_tail + data)[-8:]
+        if self._repl_tail.endswith(_REPL_PROMPTS):
+            self._repl_busy_since_s = None
         window = self._mode_window + data
         raw_at = window.rfind(_RAW_REPL_BANNER)
         friendly_at = window.rfind(_FRIENDLY_BANNER_END)
@@ -664,13 +684,30 @@ class Supervisor:
 
     def _write_child(self) -> None:
         # Hold host input while the supervisor itself drives the REPL into raw mode.
-        if not self._to_child or self._child_fd is None or self._phase is not _Phase.RUNNING:
+        if (not self._to_child or self._child_fd is None or self._phase is not _Phase.RUNNING
+                or not self._child_up):
             return
         n_bytes = min(len(self._to_child), self._rx_bucket.available())
         if n_bytes == 0:
             return
+        if self._to_child[0] == _CTRL_C:
+            action = self._ctrl_c_action()
+            if action == "hold":
+                return
+            if action == "signal":
+                self._proc.send_signal(signal.SIGINT)
+                del self._to_child[0]
+                self._rx_bucket.consume(1)
+                return
+        ctrl_c = self._to_child.find(_CTRL_C, 0, n_bytes)
+        if ctrl_c > 0:
+            n_bytes = ctrl_c  # up to the Ctrl-C; it is looked at on its own next time
+        chunk = bytes(self._to_child[:n_bytes])
+        if (self._mode == "raw" and b"\x04" in chunk) or (self._mode == "friendly" and b"\r" in chunk):
+            if self._repl_busy_since_s is None:  # the REPL may now execute what it was given
+                self._repl_busy_since_s = time.monotonic()
         try:
-            written = os.write(self._child_fd, self._to_child[:n_bytes])
+            written = os.write(self._child_fd, chunk)
         except BlockingIOError:
             return
         except OSError as e:
@@ -679,6 +716,25 @@ class Supervisor:
             raise
         del self._to_child[:written]
         self._rx_bucket.consume(written)
+
+    def _ctrl_c_action(self) -> str:
+        """How to deliver a Ctrl-C: "byte", "signal" or "hold" (decide again shortly).
+
+        A board's UART turns Ctrl-C into KeyboardInterrupt whenever code runs. The unix
+        port keeps its terminal raw (no ISIG) for the whole REPL, so while the REPL
+        executes something the interrupt goes as SIGINT. At a prompt, or while a script
+        runs with ISIG on (the terminal then makes the SIGINT), the byte goes through.
+        """
+        if self._repl_busy_since_s is None or self._proc is None:
+            return "byte"
+        try:
+            if termios.tcgetattr(self._child_fd)[3] & termios.ISIG:
+                return "byte"
+        except termios.error:
+            return "byte"
+        if time.monotonic() - self._repl_busy_since_s < _BUSY_BEFORE_SIGINT_S:
+            return "hold"
+        return "signal"
 
     def _accept_client(self) -> None:
         try:
@@ -710,6 +766,9 @@ class Supervisor:
 
     def _handle_ctl(self, line: str) -> None:
         verb, _, arg = line.partition(" ")
+        if verb == "up":  # the runner is executing: host input may flow
+            self._child_up = True
+            return
         if verb == "reset":  # hard or watchdog reset with the given cause
             self._next_boot = _Boot("friendly", int(arg), False)
         elif verb == "soft":
@@ -740,6 +799,11 @@ class Supervisor:
             self._reboot(boot)
         elif returncode == 0:
             # The unix port exits where a board soft-reboots; stay in the REPL mode it was in.
+            self._reboot(_Boot(self._mode, SOFT_RESET, True))
+        elif returncode == -signal.SIGINT:
+            # Our SIGINT met the interpreter between executions (a window of microseconds
+            # a board does not have): bring the REPL back rather than switch the board off.
+            log.warning("interpreter died of an emulated Ctrl-C; rebooting into the %s REPL", self._mode)
             self._reboot(_Boot(self._mode, SOFT_RESET, True))
         else:
             self._finish(returncode)

@@ -421,14 +421,17 @@ class World:
             # Keep the physics and the trace on disk current for live readers.
             self._flushed_us = self.now_us
             self.flush()
-        if self.speed is not None:
-            self._pace()
 
-    def _pace(self):
-        target_wall = self._wall0 + int((self.now_us - self._virt0) / self.speed)
-        wait = target_wall - _wall_us()
-        if wait > 0:
-            _rt.sleep_us(wait) if MICROPYTHON else _rt.sleep(wait / 1e6)
+    def pace_wait_us(self):
+        """Wall time to wait before virtual time may be `now` (paced runs), else 0.
+
+        The waiting itself is done by the caller in bytecode (time.py), where a Ctrl-C
+        interrupts it as it interrupts time.sleep_ms on a board.
+        """
+        if self.speed is None:
+            return 0
+        wait = self._wall0 + int((self.now_us - self._virt0) / self.speed) - _wall_us()
+        return wait if wait > 0 else 0
 
     def _next_due(self):
         due = FOREVER
@@ -825,7 +828,6 @@ class World:
         if self.ctl is None:
             raise SystemExit(msg)
         self.ctl.write(msg + "\n")
-        self.ctl.flush()
         # The supervisor kills this process now; nothing after this line runs.
         while True:
             _rt.sleep_ms(1000)
@@ -871,9 +873,12 @@ def boot(cfg_path, reset_cause):
         try:
             with open(sp) as f:
                 state = json.loads(f.read())
-        except OSError:
+        except (OSError, ValueError):  # first power-on: nothing saved yet
             state = None
     w = World(cfg, reset_cause, state)
+    if w.ctl is not None:
+        # Tells the supervisor this interpreter is executing (Ctrl-C is now safe).
+        w.ctl.write("up\n")  # unbuffered; flush() would fsync, which a FIFO refuses
     if MICROPYTHON:
         sys.atexit(lambda: w.at_exit())
     return w
@@ -963,7 +968,7 @@ def mount_flash(w):
         os.VfsLfs2.mkfs(bdev)
         vfs = os.VfsLfs2(bdev)
     prov = fcfg.get("provision")
-    if prov:
+    if prov and fresh:  # a new flash gets the deployed firmware; later boots keep what is there
         os.mount(vfs, "/flash")
         _copy_tree(os, prov, "/flash")
         os.umount("/flash")

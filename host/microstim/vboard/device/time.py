@@ -8,8 +8,13 @@ from _vworld import TICKS_HALF, TICKS_MASK, release, restore
 
 try:
     import utime as _real
+
+    _real_sleep_us = _real.sleep_us
 except ImportError:  # CPython
     import time as _real
+
+    def _real_sleep_us(us):
+        _real.sleep(us / 1e6)
 
 
 def _w():
@@ -49,27 +54,27 @@ def ticks_diff(end, start):
 
 
 def sleep_us(us):
+    w = _w()
     d = release()
     try:
-        _w().sleep_us(int(us))
+        w.sleep_us(int(us))
+        wait = w.pace_wait_us()
     finally:
         restore(d)
+    # Paced runs wait here, in small steps of a bytecode loop: the VM checks for a
+    # pending KeyboardInterrupt on each pass, so Ctrl-C interrupts a sleep as on a board.
+    while wait > 0:
+        step = wait if wait < 5000 else 5000
+        _real_sleep_us(step)
+        wait -= step
 
 
 def sleep_ms(ms):
-    d = release()
-    try:
-        _w().sleep_us(int(ms) * 1000)
-    finally:
-        restore(d)
+    sleep_us(int(ms) * 1000)
 
 
 def sleep(s):
-    d = release()
-    try:
-        _w().sleep_us(int(s * 1000000))
-    finally:
-        restore(d)
+    sleep_us(int(s * 1000000))
 
 
 # Calendar time: the board's RTC starts at the configured epoch and follows virtual time.
