@@ -841,7 +841,13 @@ class World:
         self._hand_over("soft", keep_outputs=True)
 
     def power_off(self, off_us):
+        # Everything stops at the cut: record up to now, then let the off time pass
+        # with no output at all (the next power cycle starts after it).
+        self.sync()
+        self._end_phase()
+        self.flush()
         self.now_us += off_us
+        self.phys_t = self.now_us
         self._hand_over("poweroff %d" % off_us)
 
     def finish(self, code=0):

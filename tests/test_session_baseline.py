@@ -1,0 +1,32 @@
+"""Sessions on the virtual board, end to end, with the delivered current taken from the
+simulator's analog model."""
+
+import numpy as np
+import pytest
+
+from microstim.demo import run_demo
+from microstim.vboard import run_headless
+
+
+@pytest.mark.slow
+def test_session_stops_at_20_minutes_even_if_config_asks_for_more(tmp_path):
+    # The config asks for an hour; auto-off comes at 20 minutes. The session also crosses
+    # the ESP32's ticks_us wrap (2**30 us = 17.9 min).
+    scenario = [{"at_s": 1.0, "event": "press"}, {"at_s": 1210.0, "event": "stop"}]
+    trace, console, _ = run_headless(tmp_path, scenario, device_config={"duration_s": 3600})
+    assert '"reason": "auto_off"' in console
+    p = trace.phases
+    last_end_s = (p["t_us"][-1] + p["dur_us"][-1]) / 1e6
+    assert 1200.0 < last_end_s <= 1201.1  # stops at 20 minutes after the press, not later
+    # Stimulation continued through the whole session: no gap longer than one period.
+    gaps_s = np.diff(p["t_us"]) / 1e6
+    assert gaps_s.max() < 0.11
+
+
+def test_demo_delivers_the_setpoint(tmp_path):
+    r = run_demo(setpoint_ua=150.0, seconds=10.0, run_dir=str(tmp_path))
+    d = r["delivered"]
+    assert abs(d["amplitude_ua"] - 150.0) < 0.03 * 150.0
+    assert r["whole_session"]["peak_ua"] <= 1.05 * 150.0
+    assert r["firmware"]["end_reason"] == "auto_off"
+
