@@ -30,3 +30,12 @@ def test_demo_delivers_the_setpoint(tmp_path):
     assert r["whole_session"]["peak_ua"] <= 1.05 * 150.0
     assert r["firmware"]["end_reason"] == "auto_off"
 
+
+
+def test_virtual_time_is_deterministic(tmp_path):
+    # Same firmware, same scenario, same seed: the same delivered current, to the byte.
+    scenario = [{"at_s": 0.5, "event": "press"}, {"at_s": 2.0, "event": "lift"},
+                {"at_s": 2.5, "event": "contact", "area": 0.5}, {"at_s": 4.0, "event": "stop"}]
+    runs = [run_headless(tmp_path / f"r{i}", scenario)[0] for i in range(2)]
+    assert len(runs[0].phases) > 20
+    assert runs[0].phases.tobytes() == runs[1].phases.tobytes()
