@@ -8,7 +8,6 @@ import time
 
 import pytest
 from conftest import mpremote
-
 from microstim.vboard import run_headless
 
 

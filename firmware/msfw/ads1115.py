@@ -68,6 +68,12 @@ class ADS1115:
     def start_single(self):
         self._write(_REG_CONFIG, self.config | 0x8000)
 
+    def start(self, channel, pga):
+        """One single-shot conversion of AIN<channel> at 860 SPS (allocation-free)."""
+        cfg = 0x8000 | (MUX_SINGLE[channel] << 12) | (pga << 9) | 0x0100 | (7 << 5) | 0x0003
+        self.config = cfg & 0x7FFF
+        self._write(_REG_CONFIG, cfg)
+
     def busy(self):
         return not (self._read(_REG_CONFIG) & 0x8000)
 

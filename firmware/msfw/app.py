@@ -1,31 +1,32 @@
-# The device application: one cooperative loop (no threads, no asyncio) so the order of
-# safety checks is fixed and every step is visible in virtual time.
+# The device application: one cooperative loop (no threads, no asyncio), so the order of
+# safety checks is fixed and every step is visible in virtual time. Works with no host.
 #
-# This is the foundation version: button-started sessions with soft start, a simple
-# measured-current correction, auto-off and relocation cue. The regulator and the safety
-# supervisor grow in msfw.regulator / msfw.supervisor.
+# Button: a short press starts a session, or steps the intensity while one runs (past the
+# top it wraps to the lowest); a long press (1 s) stops it, or clears a latched fault.
+# LED: idle slow blink, stimulating on, paused (no contact) fast blink, fault flicker.
+# Buzzer: the relocation cue every cue_s seconds (default 5).
 import json
 
-from msfw import VERSION, pulse
+from msfw import VERSION, programs
 from msfw import board as boardmod
-from msfw.ads1115 import pga_for, rate_code
+from msfw import engine as E
 from msfw.hw import Hardware
+from msfw.supervisor import CONTACT_NAMES, F_ADC, FAULT_NAMES
 
 DEFAULTS = {
+    "program": programs.DEFAULT,
     "setpoint_ua": 200,
-    "freq_hz": 10,
-    "phase_us": 20000,
-    "gap_us": 1000,
-    "train_n": 1,
     "duration_s": 600,
     "cue_s": 5,
-    "soft_start_ms": 2000,
 }
-MAX_DURATION_S = 1200  # auto-off: never more than 20 minutes
 LOOP_MS = 1
+WATCHDOG_MS = 2000  # a loop stalled this long resets the board; boot leaves it off
+LONG_PRESS_MS = 1000
+DEBOUNCE_MS = 30
+CUE_MS = 120
 
 
-def load_config(board):
+def load_config():
     cfg = dict(DEFAULTS)
     try:
         with open("/config.json") as f:
@@ -33,13 +34,10 @@ def load_config(board):
         for k in DEFAULTS:
             if k in user:
                 cfg[k] = user[k]
-    except (OSError, ValueError):
+    except OSError:
         pass
-    # Config can lower the ceilings, never raise them.
-    if cfg["setpoint_ua"] > board.ceiling_ua:
-        cfg["setpoint_ua"] = board.ceiling_ua
-    if cfg["duration_s"] > MAX_DURATION_S:
-        cfg["duration_s"] = MAX_DURATION_S
+    except ValueError as e:
+        emit("config_error", message=str(e))
     return cfg
 
 
@@ -48,122 +46,67 @@ def emit(kind, **fields):
     print(json.dumps(fields))
 
 
-class Session:
-    """One stimulation session: soft start, correction from the shunt, auto-off."""
+class Button:
+    """Debounced presses: short (on release) and long (fires once while held)."""
 
-    def __init__(self, hw, cfg):
+    def __init__(self, hw):
         self.hw = hw
-        self.cfg = cfg
-        b = hw.board
-        self.ua_per_code = b.gain_ua_per_v * b.dac_vref_v / ((1 << b.dac_bits) - 1)
-        self.setpoint_ua = cfg["setpoint_ua"]
-        seq, macro_us = pulse.pulses(cfg["freq_hz"], cfg["phase_us"], cfg["gap_us"], cfg["train_n"])
-        self.seq = seq
-        self.macro_us = macro_us
-        on_us = 0
-        for _, w, _ in seq:
-            on_us += w
-        self.duty = on_us / macro_us
-        if cfg["freq_hz"] >= 1:
-            self.timer = pulse.HardwareTimer(hw.en, hw.pol)
-            self.soft = None
-        else:
-            self.timer = None
-            self.soft = pulse.SoftwareTimer(hw.en, hw.pol)
-        self.code_f = 0.0
-        self.acc_v = 0.0
-        self.acc_n = 0
-        self.sum_ua = 0.0
-        self.sum_n = 0
-        self.state = "idle"
-        self.t0 = 0
-        self.last_cue = 0
-        self.window_ms = max(50, int(macro_us // 1000))
-        self.win_t0 = 0
+        self.down_since = -1
+        self.long_fired = False
+        self.last_change = 0
+        self.level = False
 
-    def start(self, now):
-        hw = self.hw
-        pga = pga_for(self.hw.board.ceiling_ua * 1.5e-6 * hw.board.shunt_ohm)
-        hw.adc.configure(hw.board.shunt_channel, pga, rate_code(860), True)
-        hw.dac.write(0)
-        if self.timer is not None:
-            self.timer.start(self.seq, self.macro_us)
-        else:
-            self.soft.start(self.seq, self.macro_us, now)
-        self.state = "ramping"
-        self.t0 = now
-        self.last_cue = now
-        self.win_t0 = now
-        emit("session_start", setpoint_ua=self.setpoint_ua, freq_hz=self.cfg["freq_hz"])
+    def poll(self, now):
+        down = self.hw.button_down()
+        if down != self.level:
+            if self.hw.ticks_diff(now, self.last_change) < DEBOUNCE_MS:
+                return None
+            self.level = down
+            self.last_change = now
+            if down:
+                self.down_since = now
+                self.long_fired = False
+            else:
+                held = self.hw.ticks_diff(now, self.down_since)
+                if not self.long_fired and held < LONG_PRESS_MS:
+                    return "short"
+            return None
+        if down and not self.long_fired and self.hw.ticks_diff(now, self.down_since) >= LONG_PRESS_MS:
+            self.long_fired = True
+            return "long"
+        return None
 
-    def target_ua(self, elapsed_ms):
-        ramp = self.cfg["soft_start_ms"]
-        if elapsed_ms >= ramp:
-            return self.setpoint_ua
-        return self.setpoint_ua * elapsed_ms / ramp
 
-    def stop(self, reason):
-        hw = self.hw
-        if self.timer is not None:
-            self.timer.stop()
-        if self.soft is not None:
-            self.soft.stop()
-        hw.output_off()
-        if hw.buzzer is not None:
-            hw.buzzer.tone(False)
-        mean = self.sum_ua / self.sum_n if self.sum_n else 0.0
-        emit("session_end", reason=reason, measured_ua=round(mean, 2), setpoint_ua=self.setpoint_ua)
-        self.state = "done"
+def led_level(state, now):
+    if state == E.S_STIM or state == E.S_RAMP:
+        return 1
+    if state == E.S_PAUSED:
+        return (now >> 7) & 1  # 4 Hz
+    if state == E.S_FAULT:
+        return (now >> 5) & 1  # 16 Hz flicker
+    if state == E.S_IDLE:
+        return 1 if (now & 1023) < 100 else 0
+    return 0
 
-    def step(self, now):
-        hw = self.hw
-        elapsed = hw.ticks_diff(now, self.t0)
-        if elapsed >= self.cfg["duration_s"] * 1000:
-            self.stop("auto_off")
-            return
-        if self.soft is not None:
-            self.soft.update(elapsed)
-        target = self.target_ua(elapsed)
-        if self.state == "ramping" and elapsed >= self.cfg["soft_start_ms"]:
-            self.state = "stimulating"
-        # Shunt voltage, averaged over whole pulse periods: mean |I| = duty x amplitude.
-        self.acc_v += hw.adc.read_v()
-        self.acc_n += 1
-        if hw.ticks_diff(now, self.win_t0) >= self.window_ms:
-            mean_ua = self.acc_v / self.acc_n / hw.board.shunt_ohm * 1e6 / self.duty
-            self.acc_v = 0.0
-            self.acc_n = 0
-            self.win_t0 = now
-            if self.state == "stimulating":
-                self.sum_ua += mean_ua
-                self.sum_n += 1
-            if mean_ua > hw.board.ceiling_ua * 1.1 or mean_ua > target * 1.2 + 10:
-                self.stop("overcurrent")
-                return
-            if target > 20 and mean_ua > 0:
-                # Integral correction toward the target, limited per step (no wind-up:
-                # nothing is integrated while the reading is near zero).
-                err_codes = (target - mean_ua) / self.ua_per_code
-                if err_codes > 2:
-                    err_codes = 2.0
-                self.code_f += 0.5 * err_codes
-        # Feed-forward from the nominal gain plus the correction; dither the fraction.
-        code_f = target / self.ua_per_code + self.code_f
-        code = int(code_f)
-        if (code_f - code) * 16 > (now & 15):
-            code += 1
-        top = int(self.hw.board.ceiling_ua / self.ua_per_code)
-        if code > top:
-            code = top
-        if code < 0:
-            code = 0
-        hw.dac.write(code)
-        if hw.buzzer is not None:
-            if hw.ticks_diff(now, self.last_cue) >= self.cfg["cue_s"] * 1000:
-                self.last_cue = now
-                hw.buzzer.tone(True)
-            elif hw.ticks_diff(now, self.last_cue) >= 100:
-                hw.buzzer.tone(False)
+
+def report(eng, now):
+    for kind, value in eng.drain():
+        name = E.EVENT_NAMES[kind]
+        if kind == E.E_STATE:
+            emit("state", state=E.STATE_NAMES[value], t_ms=now)
+        elif kind == E.E_FAULT:
+            emit("fault", fault=FAULT_NAMES[value], value=eng.sup.fault_value, t_ms=now)
+        elif kind == E.E_CONTACT_LOST or kind == E.E_CONTACT_OK:
+            emit(name, reason=CONTACT_NAMES[value], t_ms=now,
+                 compliance_limited=eng.compliance_limited)
+        elif kind == E.E_END:
+            emit("session_end", reason=E.END_NAMES[value], t_ms=now,
+                 measured_ua=round(eng.measured_q4 / 512, 2), setpoint_ua=eng.setpoint_cu / 32,
+                 learned_gain=round(eng.reg.gain_q14 / 16384, 4))
+        elif kind == E.E_REFUSED:
+            emit("refused", reason=FAULT_NAMES[value], t_ms=now)
+        elif kind != E.E_CUE:
+            emit(name, value=value, t_ms=now)
 
 
 def run():
@@ -172,26 +115,49 @@ def run():
     except boardmod.BoardError as e:
         emit("board_error", message=str(e))
         return
-    hw = Hardware(board)
+    hw = Hardware(board, watchdog_ms=WATCHDOG_MS)
     hw.output_off()
-    cfg = load_config(board)
-    emit("boot", version=VERSION, board=board.name)
-    session = None
-    was_down = False
+    cfg = load_config()
+    try:
+        eng = E.Engine(hw, cfg)
+    except (programs.ProgramError, ValueError) as e:
+        emit("config_error", message=str(e))
+        eng = E.Engine(hw, dict(DEFAULTS))
+    emit("boot", version=VERSION, board=board.name, program=eng.program.get("freq_hz"))
+    button = Button(hw)
+    cue_until = 0
+    led = hw.led
+    buzzer = hw.buzzer
+    wdt = hw.wdt
     while True:
         now = hw.ticks_ms()
-        down = hw.button_down()
-        pressed = down and not was_down
-        was_down = down
-        if session is None or session.state == "done":
-            if pressed:
-                if hw.usb_powered() and not board.usb_isolated:
-                    emit("refused", reason="usb_power")
-                else:
-                    session = Session(hw, cfg)
-                    session.start(now)
-        elif pressed:
-            session.stop("button")
-        else:
-            session.step(now)
+        press = button.poll(now)
+        if press == "short":
+            if eng.state in (E.S_IDLE, E.S_DONE):
+                eng.start(now)
+            else:
+                eng.step_intensity(now)
+        elif press == "long":
+            if eng.state == E.S_FAULT:
+                eng.clear_fault()
+            else:
+                eng.stop()
+        try:
+            eng.tick(hw.ticks_us(), now)
+        except OSError as e:
+            # The ADC or DAC stopped answering on I2C: the current is unknown.
+            eng.trip(F_ADC, e.args[0] if e.args else 0)
+        if eng._ev_n:
+            for kind in eng._ev_kind[: eng._ev_n]:
+                if kind == E.E_CUE and buzzer is not None:
+                    buzzer.tone(True)
+                    cue_until = now + CUE_MS
+            report(eng, now)
+        if cue_until and hw.ticks_diff(now, cue_until) >= 0:
+            cue_until = 0
+            buzzer.tone(False)
+        if led is not None:
+            led.value(led_level(eng.state, now))
+        if wdt is not None:
+            wdt.feed()
         hw.sleep_ms(LOOP_MS)

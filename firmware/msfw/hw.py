@@ -78,6 +78,7 @@ class Hardware:
         self.ticks_ms = time.ticks_ms
         self.ticks_us = time.ticks_us
         self.ticks_diff = time.ticks_diff
+        self.ticks_add = time.ticks_add
         self.sleep_ms = time.sleep_ms
 
     def usb_powered(self):

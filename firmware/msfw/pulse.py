@@ -48,9 +48,15 @@ def _split(levels, durs, level, us):
         us -= d
 
 
+def lead_us(seq, macro_us):
+    """Where the first pulse starts in the RMT pattern: half the final off interval, so
+    the POL edge at the pattern's wrap falls mid-way in an EN-off gap."""
+    return (macro_us - (seq[-1][0] + seq[-1][1])) / 2
+
+
 def rmt_patterns(seq, macro_us):
     """EN and POL (levels, durations) for RMT, with POL edges mid-way in EN-off gaps."""
-    lead = (macro_us - (seq[-1][0] + seq[-1][1])) / 2  # half the final off interval
+    lead = lead_us(seq, macro_us)
     en_l, en_d = [], []
     t = 0.0
     _split(en_l, en_d, 0, lead)
@@ -114,42 +120,34 @@ class HardwareTimer:
 
 
 class SoftwareTimer:
-    """Sub-1 Hz trains: the app calls update(now) every loop; ms accuracy."""
+    """Sub-1 Hz trains: the app calls update(sign) every loop with the sign the timeline
+    gives for now (0 = off); edges land within one loop period (about a millisecond)."""
 
     def __init__(self, en_pin, pol_pin):
         self._en = en_pin
         self._pol = pol_pin
-        self._seq = None
-        self._macro_us = 1
-        self._t0 = 0
+        self._on = 0
 
-    def start(self, seq, macro_us, now_ms):
-        self._seq = seq
-        self._macro_us = macro_us
-        self._t0 = now_ms
+    def start(self, seq, macro_us):
+        self._on = 0
 
-    def update(self, elapsed_ms):
-        if self._seq is None:
-            return
-        t_us = (elapsed_ms % int(self._macro_us // 1000)) * 1000
-        on = 0
-        sign = 1
-        for start, width, s in self._seq:
-            if start <= t_us < start + width:
-                on = 1
-                sign = s
-                break
-        if not on:
-            self._en.value(0)
+    def update(self, sign):
+        if sign == 0:
+            if self._on:
+                self._en.value(0)
+                self._on = 0
             return
         pol = 1 if sign > 0 else 0
-        if self._pol.value() != pol:
+        if self._on and self._pol.value() != pol:
             # Never reverse the bridge with current flowing, even if a loop was late.
             self._en.value(0)
+            self._on = 0
+        if not self._on:
             self._pol.value(pol)
-        self._en.value(1)
+            self._en.value(1)
+            self._on = 1
 
     def stop(self):
-        self._seq = None
         self._en.value(0)
         self._pol.value(0)
+        self._on = 0

@@ -39,6 +39,7 @@ class VirtualBoard:
         self.config = runconfig.build(
             self.run_dir, board, scenario=scenario, speed=speed, sim=sim, device_config=device_config
         )
+        self.config["headless"] = transport is None
         self.supervisor = Supervisor(self.run_dir, self.config, transport=transport, baud=baud, heap=heap)
 
     @property

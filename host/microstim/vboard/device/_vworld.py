@@ -45,6 +45,7 @@ DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
 FOREVER = 1 << 62
+EXIT_FIRMWARE_ENDED = 70  # headless run: main.py returned or raised
 FLUSH_EVERY_US = 250000
 
 # Flags of a phase record in the trace.
@@ -862,6 +863,10 @@ class World:
 
     def repl_started(self):
         self.flush()
+        if self.cfg.get("headless"):
+            # Nobody will type at this REPL: main.py ended (or crashed), so the run is over.
+            self.log("firmware_exited")
+            self.finish(EXIT_FIRMWARE_ENDED)
 
 
 _LOW = Static(0)

@@ -1,0 +1,371 @@
+# A stimulation session: states, soft start, intensity, contact, auto-off, cue.
+#
+#   idle -> ramping -> stimulating -> done        (button, auto-off, host)
+#                 \\-> paused (no contact) -> ramping again after stable contact
+#   any -> fault (latched: the output stays off until a deliberate clear)
+#
+# tick() is the hot path: integers, no allocation, in steady state. Whatever has to be
+# said (events) is queued as small ints and printed by the app's slow path.
+from array import array
+
+from micropython import const
+
+from msfw import programs, pulse
+from msfw.regulator import Regulator
+from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
+from msfw.supervisor import C_NONE, F_ADC, F_NONE, F_REGULATION, F_USB, Supervisor
+
+S_IDLE = const(0)
+S_RAMP = const(1)
+S_STIM = const(2)
+S_PAUSED = const(3)
+S_DONE = const(4)
+S_FAULT = const(5)
+STATE_NAMES = ("idle", "ramping", "stimulating", "paused", "done", "fault")
+
+# Events, queued as small ints on the hot path and named by the app's slow path.
+E_STATE = const(0)
+E_REFUSED = const(1)
+E_INTENSITY = const(2)
+E_END = const(3)
+E_CLEARED = const(4)
+E_FAULT = const(5)
+E_CUE = const(6)
+E_CONTACT_LOST = const(7)
+E_CONTACT_OK = const(8)
+EVENT_NAMES = ("state", "refused", "intensity", "end", "cleared", "fault", "cue",
+               "contact_lost", "contact_ok")
+END_BUTTON = const(0)
+END_AUTO_OFF = const(1)
+END_HOST = const(2)
+END_NAMES = ("button", "auto_off", "host")
+EVENT_SLOTS = const(32)
+
+MAX_DURATION_MS = const(1200000)  # 20 minutes, whatever the config says
+SOFT_START_MS = const(1500)  # at least 1 s (SAFETY.md 4)
+PROBE_CU = const(320)  # 10 uA probe pulses while paused
+CONTACT_STABLE_MS = const(500)
+LEARN_MS = const(250)
+LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
+
+# A 5 Hz biphasic probe, 2 ms phases: one whole ADC conversion fits in each phase.
+PROBE = {"freq_hz": 5, "phase_us": 2000, "gap_us": 200, "train_n": 1,
+         "train_on_ms": 0, "train_off_ms": 0}
+
+
+class Engine:
+    def __init__(self, hw, cfg, cal=None):
+        board = hw.board
+        self.hw = hw
+        self.cfg = cfg
+        prog = cfg["program"]
+        self.program = programs.validate(prog) if isinstance(prog, dict) else programs.get(prog)
+        # Config can lower the ceiling, never raise it (SAFETY.md 1).
+        sp = cfg["setpoint_ua"]
+        if sp > board.ceiling_ua:
+            sp = board.ceiling_ua
+        self.setpoint_cu = int(sp * 32)
+        dur = int(cfg["duration_s"] * 1000)
+        self.duration_ms = dur if dur < MAX_DURATION_MS else MAX_DURATION_MS
+        self.cue_ms = int(cfg["cue_s"] * 1000)
+        self.level = LEVELS
+        gain_q14 = cal[0] if cal else 16384
+        offset_cu = cal[1] if cal else 0
+        self.reg = Regulator(board)
+        self.sup = Supervisor(board)
+        self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
+        self.sampler.set_calibration(gain_q14, offset_cu)
+        self.main_tl, self.main_timer = self._timing(self.program)
+        self.probe_tl, self.probe_timer = self._timing(programs.validate(PROBE))
+        self.tl = None
+        self.timer = None
+        self.software = False
+        self.state = S_IDLE
+        self._ev_kind = bytearray(EVENT_SLOTS)
+        self._ev_val = array("i", [0] * EVENT_SLOTS)
+        self._ev_n = 0
+        self.t0_ms = 0
+        self.ramp_from = 0
+        self.ramp_to = 0
+        self.ramp_t0 = 0
+        self.last_learn = 0
+        self.last_cue = 0
+        self.good_since = 0
+        self.last_pos = 0
+        self.dac_last = -1
+        self.pause_reason = C_NONE
+        self.limit_cu = self.setpoint_cu  # lowered when the load needs more than compliance
+        self.compliance_limited = False
+        self.burst_on = True
+        self.burst_t0 = 0
+        self.measured_q4 = 0
+
+    def _timing(self, prog):
+        seq, macro = programs.timeline(prog)
+        hw = self.hw
+        if prog["software_timed"]:
+            tl = Timeline(seq, macro, 0, hw.ticks_diff, hw.ticks_add)
+            timer = pulse.SoftwareTimer(hw.en, hw.pol)
+        else:
+            tl = Timeline(seq, macro, pulse.lead_us(seq, macro), hw.ticks_diff, hw.ticks_add)
+            timer = pulse.HardwareTimer(hw.en, hw.pol)
+        tl.prog = prog
+        tl.seq = seq
+        return tl, timer
+
+    # ---- output control (not hot: runs on state changes) ---------------------------
+    def _run(self, tl, timer):
+        self._halt()
+        self.tl = tl
+        self.timer = timer
+        self.software = tl.prog["software_timed"]
+        now = self.hw.ticks_us()
+        timer.start(tl.seq, tl.macro_us)
+        tl.start(now)
+        self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software)
+        self.last_pos = 0
+
+    def _halt(self):
+        """Output off at once: enable low first, then amplitude and polarity."""
+        hw = self.hw
+        hw.en.value(0)
+        hw.dac.write(0)
+        self.dac_last = 0
+        if self.timer is not None:
+            self.timer.stop()
+        self.timer = None
+        self.tl = None
+        self.sampler.stop()
+        self.reg.set_target(0)
+        self.reg.discard()
+
+    def _emit(self, kind, value=0):
+        n = self._ev_n
+        if n < EVENT_SLOTS:
+            self._ev_kind[n] = kind
+            self._ev_val[n] = value
+            self._ev_n = n + 1
+
+    def drain(self):
+        """The queued events as (kind, value) pairs; slow path (allocates)."""
+        out = [(self._ev_kind[i], self._ev_val[i]) for i in range(self._ev_n)]
+        self._ev_n = 0
+        return out
+
+    def _set_state(self, s):
+        if s != self.state:
+            self.state = s
+            self._emit(E_STATE, s)
+
+    def _ramp(self, now_ms, to_cu):
+        self.ramp_from = self.reg.target_cu
+        self.ramp_to = to_cu
+        self.ramp_t0 = now_ms
+        self._set_state(S_RAMP)
+
+    def level_target(self):
+        t = self.setpoint_cu * self.level // LEVELS
+        return t if t < self.limit_cu else self.limit_cu
+
+    # ---- user and host actions ----------------------------------------------------------
+    def start(self, now_ms):
+        if self.state not in (S_IDLE, S_DONE):
+            return False
+        hw = self.hw
+        if hw.usb_powered() and not hw.board.usb_isolated:
+            self._emit(E_REFUSED, F_USB)
+            return False
+        self.t0_ms = now_ms
+        self.last_cue = now_ms
+        self.last_learn = now_ms
+        self.burst_on = True
+        self.burst_t0 = now_ms
+        self.level = LEVELS
+        self.limit_cu = self.setpoint_cu
+        self.measured_q4 = self.level_target() << 4
+        self.sup.reset_contact()
+        self._run(self.main_tl, self.main_timer)
+        self._ramp(now_ms, self.level_target())
+        return True
+
+    def step_intensity(self, now_ms):
+        """One step up; past the top it wraps to the lowest level, never higher."""
+        if self.state not in (S_RAMP, S_STIM, S_PAUSED):
+            return
+        self.level = self.level + 1 if self.level < LEVELS else 1
+        self._emit(E_INTENSITY, self.level)
+        if self.state == S_PAUSED:
+            return
+        t = self.level_target()
+        if t > self.reg.target_cu:
+            self._ramp(now_ms, t)  # every increase gets a fresh soft start
+        else:
+            self.ramp_to = t
+            self.reg.set_target(t)
+
+    def stop(self, reason=END_BUTTON):
+        if self.state in (S_RAMP, S_STIM, S_PAUSED):
+            self._halt()
+            self._emit(E_END, reason)
+            self._set_state(S_DONE)
+
+    def clear_fault(self):
+        if self.state == S_FAULT:
+            self.sup.fault = F_NONE
+            self._emit(E_CLEARED, 0)
+            self._set_state(S_IDLE)
+
+    def trip(self, code, value=0):
+        """A fault from outside the hot checks (I2C error, USB power)."""
+        self.sup.trip(code, value)
+        self._fault()
+
+    def _fault(self):
+        self._halt()
+        self._emit(E_FAULT, self.sup.fault)
+        self._set_state(S_FAULT)
+
+    # ---- the loop ---------------------------------------------------------------------
+    def tick(self, now_us, now_ms):
+        st = self.state
+        if st == S_IDLE or st == S_DONE or st == S_FAULT:
+            return
+        hw = self.hw
+        if hw.usb_powered() and not hw.board.usb_isolated:
+            self.trip(F_USB)
+            return
+        if hw.ticks_diff(now_ms, self.t0_ms) >= self.duration_ms:
+            self.stop(END_AUTO_OFF)
+            return
+        if self.cue_ms and hw.ticks_diff(now_ms, self.last_cue) >= self.cue_ms:
+            self.last_cue = now_ms
+            self._emit(E_CUE, 0)
+        tl = self.tl
+        if st == S_PAUSED:
+            self._probe(now_us, now_ms)
+            return
+        if not self._burst(now_ms):
+            return
+        pos = tl.pos(now_us)
+        if self.software:
+            self.timer.update(tl.sign_at(pos))
+        if pos < self.last_pos:
+            self.sup.period_end()
+        self.last_pos = pos
+        sup = self.sup
+        samp = self.sampler
+        ch = samp.poll(now_us)
+        steady = st == S_STIM
+        if ch == CH_SHUNT:
+            sup.check_current(samp.i_cu, samp.i_sign, self.reg.target_cu)
+            if steady:
+                self.reg.sample(samp.i_cu)
+                # What the firmware itself measures, smoothed over about 64 samples (Q4).
+                self.measured_q4 += ((samp.i_cu << 4) - self.measured_q4) >> 6
+        elif ch == CH_LOAD:
+            sup.check_load(samp.v_mv)
+        if samp.stuck_us > 4000:
+            sup.trip(F_ADC, samp.stuck_us)
+        if sup.fault != F_NONE:
+            self._fault()
+            return
+        if sup.contact != C_NONE:
+            self._pause(now_ms)
+            return
+        # Target: soft start ramp, then the level.
+        if st == S_RAMP:
+            el = hw.ticks_diff(now_ms, self.ramp_t0)
+            if el >= SOFT_START_MS:
+                self.reg.set_target(self.ramp_to)
+                self._set_state(S_STIM)
+                self.reg.discard()
+                self.last_learn = now_ms
+            else:
+                self.reg.set_target(self.ramp_from + (self.ramp_to - self.ramp_from) * el // SOFT_START_MS)
+        elif hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
+            self.last_learn = now_ms
+            if not self.reg.learn(8):
+                sup.trip(F_REGULATION, self.reg.gain_q14)
+                self._fault()
+                return
+            sup.balance_window()
+            if sup.fault != F_NONE:
+                self._fault()
+                return
+        code = self.reg.dac_code()
+        if code != self.dac_last:
+            hw.dac.write(code)
+            self.dac_last = code
+
+    def _burst(self, now_ms):
+        """Burst programs: on for train_on_ms, off for train_off_ms (ms accuracy)."""
+        on_ms = self.program["train_on_ms"]
+        if not on_ms or self.tl is not self.main_tl:
+            return True
+        el = self.hw.ticks_diff(now_ms, self.burst_t0)
+        if self.burst_on and el >= on_ms:
+            self.burst_on = False
+            self.burst_t0 = now_ms
+            self.timer.stop()
+            self.hw.en.value(0)
+            self.sampler.busy = 0
+            self.reg.discard()
+        elif not self.burst_on and el >= self.program["train_off_ms"]:
+            self.burst_on = True
+            self.burst_t0 = now_ms
+            self.timer.start(self.tl.seq, self.tl.macro_us)
+            self.tl.start(self.hw.ticks_us())
+            self.last_pos = 0
+        return self.burst_on
+
+    def _pause(self, now_ms):
+        self.pause_reason = self.sup.contact
+        self._emit(E_CONTACT_LOST, self.sup.contact)
+        self._halt()
+        self._set_state(S_PAUSED)
+        self.sup.reset_contact()
+        self.good_since = 0
+        self.compliance_limited = False
+        self._run(self.probe_tl, self.probe_timer)
+        self.reg.set_target(PROBE_CU)
+
+    def _probe(self, now_us, now_ms):
+        """Paused: 10 uA probe pulses until the contact has been good for a while."""
+        samp = self.sampler
+        ch = samp.poll(now_us)
+        hw = self.hw
+        if samp.stuck_us > 4000:
+            self.trip(F_ADC, samp.stuck_us)
+            return
+        code = self.reg.dac_code()
+        if code != self.dac_last:
+            hw.dac.write(code)
+            self.dac_last = code
+        if ch == CH_NONE:
+            return
+        good = True
+        if ch == CH_SHUNT:
+            good = samp.i_cu * 10 >= PROBE_CU * 7 and samp.i_cu <= PROBE_CU * 2
+        elif ch == CH_LOAD:
+            good = samp.v_mv < self.sup.compliance_mv
+        if not good:
+            self.good_since = 0
+            return
+        if self.good_since == 0:
+            self.good_since = now_ms
+            return
+        if hw.ticks_diff(now_ms, self.good_since) < CONTACT_STABLE_MS:
+            return
+        # Stable contact: what current can this load take within compliance?
+        if ch == CH_LOAD and samp.i_cu > 0:
+            max_cu = self.sup.compliance_mv * 8 // 10 * PROBE_CU // (samp.v_mv if samp.v_mv > 0 else 1)
+            self.compliance_limited = max_cu < self.setpoint_cu
+            self.limit_cu = max_cu if self.compliance_limited else self.setpoint_cu
+        elif ch != CH_LOAD:
+            return
+        self._emit(E_CONTACT_OK, self.pause_reason)
+        self._run(self.main_tl, self.main_timer)
+        self.reg.set_target(0)
+        self.burst_on = True
+        self.burst_t0 = now_ms
+        self._ramp(now_ms, self.level_target())

@@ -1,0 +1,201 @@
+# When to measure, and what a measurement means.
+#
+# The firmware knows the pulse timeline exactly (it started the pattern), so it triggers
+# single-shot ADS1115 conversions itself and knows which part of the pattern each one
+# saw. "sync" programs (phases of 1.5 ms or more): a conversion only starts if it fits
+# inside one phase, so every sample is a true amplitude. "dense" programs (short phases,
+# every window at least half on): conversions run back to back and each is divided by the
+# on-fraction of its window, computed from the timeline.
+# Channels alternate: shunt (current), load voltage (through the divider).
+#
+# Hot path (poll): integers only, nothing allocated.
+from micropython import const
+
+from msfw.ads1115 import FSR_V
+
+CONV_US = const(1163)  # 860 SPS
+WAKE_US = const(40)  # power-up from single-shot plus I2C latency
+MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
+SOFT_MARGIN_US = const(3000)  # software-switched phases move by up to a loop period
+PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
+PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
+
+CH_NONE = const(0)
+CH_SHUNT = const(1)
+CH_LOAD = const(2)
+
+
+class Timeline:
+    """On-intervals of one macro period in integer µs, from an origin in ticks_us."""
+
+    def __init__(self, pulses, macro_us, lead_us, ticks_diff, ticks_add):
+        self.macro_us = int(macro_us)
+        iv = []
+        for start, width, sign in pulses:
+            a = int(start + lead_us)
+            iv.append((a, a + int(width), sign))
+        self.intervals = tuple(iv)
+        self.origin = 0
+        self._diff = ticks_diff
+        self._add = ticks_add
+
+    def start(self, origin_us):
+        self.origin = origin_us
+
+    def pos(self, now_us):
+        # ticks_diff is only valid within half the ticks period (2**29 us on an ESP32,
+        # 8.9 minutes): keep the origin within one macro period of now.
+        m = self.macro_us
+        d = self._diff(now_us, self.origin)
+        if d >= m:
+            k = d // m
+            self.origin = self._add(self.origin, k * m)
+            d -= k * m
+        return d % m
+
+    def sign_at(self, pos):
+        for a, b, s in self.intervals:
+            if a <= pos < b:
+                return s
+        return 0
+
+    def fits(self, pos, length, margin):
+        """Sign of the phase that holds [pos, pos+length] with `margin` at both ends."""
+        for a, b, s in self.intervals:
+            if a + margin <= pos and pos + length + margin <= b:
+                return s
+        return 0
+
+    def on_q10(self, pos, length):
+        """Fraction (Q10) of [pos, pos+length] during which the output is on."""
+        on = 0
+        end = pos + length
+        m = self.macro_us
+        for k in (0, m):
+            for a, b, _ in self.intervals:
+                a += k
+                b += k
+                lo = a if a > pos else pos
+                hi = b if b < end else end
+                if hi > lo:
+                    on += hi - lo
+        return (on << 10) // length
+
+
+class Sampler:
+    def __init__(self, board, adc, ticks_us, ticks_diff):
+        self.adc = adc
+        self.ticks_us = ticks_us
+        self.diff = ticks_diff
+        self.shunt_ch = board.shunt_channel
+        self.load_ch = board.load_channel
+        # raw code -> cu (1/32 uA) in Q8; raw code -> mV at the load in Q8
+        lsb_shunt_v = FSR_V[PGA_SHUNT] / 32768
+        self.shunt_q8 = int(lsb_shunt_v / board.shunt_ohm * 1e6 * 32 * 256 + 0.5)
+        lsb_load_v = FSR_V[PGA_LOAD] / 32768
+        self.load_q8 = int(lsb_load_v * board.load_divider * 1000 * 256 + 0.5)
+        self.cal_gain_q14 = 16384
+        self.cal_offset_cu = 0
+        self.timeline = None
+        self.dense = False
+        self.margin = MARGIN_US
+        self.busy = CH_NONE
+        self.next_ch = CH_SHUNT
+        self.t_start = 0
+        self.pos_start = 0
+        self.sign = 0
+        self.on_q10 = 1024
+        # Latest results, read by the supervisor and the regulator.
+        self.i_cu = 0  # amplitude (1/32 uA)
+        self.i_sign = 0
+        self.v_mv = 0  # load voltage during a phase (mV)
+        self.fresh = CH_NONE  # which channel the last poll() completed
+        self.stuck_us = 0  # how long a conversion has been overdue
+
+    def set_calibration(self, gain_q14, offset_cu):
+        self.cal_gain_q14 = gain_q14
+        self.cal_offset_cu = offset_cu
+
+    def use(self, timeline, dense, software_timed):
+        self.timeline = timeline
+        self.dense = dense
+        self.margin = SOFT_MARGIN_US if software_timed else MARGIN_US
+        self.busy = CH_NONE
+        self.fresh = CH_NONE
+
+    def stop(self):
+        self.timeline = None
+        self.busy = CH_NONE
+
+    def poll(self, now):
+        """Collect a finished conversion and start the next when the pattern allows.
+
+        Returns the channel completed now (CH_NONE if none). Allocation-free."""
+        self.fresh = CH_NONE
+        tl = self.timeline
+        if tl is None:
+            return CH_NONE
+        adc = self.adc
+        if self.busy != CH_NONE:
+            late = self.diff(now, self.t_start) - (CONV_US + WAKE_US)
+            if late < 0:
+                return CH_NONE
+            if adc.busy():
+                self.stuck_us = late
+                return CH_NONE
+            self.stuck_us = 0
+            raw = adc.read_raw()
+            ch = self.busy
+            self.busy = CH_NONE
+            if raw < 0:
+                raw = 0
+            f = self.on_q10
+            if f < 256:  # too little of the window was on to mean anything
+                self.fresh = CH_NONE
+                return CH_NONE
+            if ch == CH_SHUNT:
+                cu = (raw * self.shunt_q8) >> 8
+                cu = ((cu * self.cal_gain_q14) >> 14) + self.cal_offset_cu
+                if f < 1024:
+                    cu = (cu << 10) // f
+                self.i_cu = cu
+                self.i_sign = self.sign
+            else:
+                mv = (raw * self.load_q8) >> 8
+                if f < 1024:
+                    mv = (mv << 10) // f
+                self.v_mv = mv
+            self.fresh = ch
+        # Start the next conversion if its whole window is usable.
+        pos = tl.pos(now) + WAKE_US
+        if pos >= tl.macro_us:
+            pos -= tl.macro_us
+        if self.dense:
+            f = tl.on_q10(pos, CONV_US)
+            if f < 512:
+                return self.fresh
+            sign = 1
+        else:
+            sign = tl.fits(pos, CONV_US, self.margin)
+            if sign == 0:
+                return self.fresh
+            f = 1024
+        ch = self.next_ch
+        if ch == CH_SHUNT:
+            adc.start(self.shunt_ch, PGA_SHUNT)
+            self.next_ch = CH_LOAD
+        else:
+            adc.start(self.load_ch, PGA_LOAD)
+            self.next_ch = CH_SHUNT
+        t = self.ticks_us()
+        self.busy = ch
+        self.t_start = t
+        self.sign = sign
+        if self.dense:
+            # The window really starts after the I2C write and the ADC's wake-up.
+            p = tl.pos(t) + 25
+            if p >= tl.macro_us:
+                p -= tl.macro_us
+            f = tl.on_q10(p, CONV_US)
+        self.on_q10 = f
+        return self.fresh
