@@ -4,3 +4,4 @@
 import safe
 
 safe.all_off()
+safe.arm_watchdog()

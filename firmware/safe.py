@@ -3,9 +3,36 @@
 #
 # The reference front end also has a pull-down on STIM_EN, so an unconfigured (input)
 # pin already means "off"; driving it low here covers a soft reset, which keeps levels.
-from machine import Pin
+from machine import WDT, Pin, Timer
 
 _PINS = "/pins.csv"
+WATCHDOG_MS = 2000
+FEED_MS = 500
+
+# The watchdog, once started, runs until the next hard reset (a soft reset keeps it).
+# Two feeders: a soft timer that feeds only while the output is disarmed (so the REPL and
+# host tools stay usable), and the app's main loop, the only one that feeds while the
+# output is armed. A loop that stalls while stimulating therefore resets the board.
+wdt = None
+_armed = False
+_feeder = None
+
+
+def set_armed(armed):
+    global _armed
+    _armed = armed
+
+
+def _feed_if_disarmed(_t):
+    if not _armed:
+        wdt.feed()
+
+
+def arm_watchdog():
+    global wdt, _feeder
+    wdt = WDT(timeout=WATCHDOG_MS)
+    _feeder = Timer(0)
+    _feeder.init(period=FEED_MS, mode=Timer.PERIODIC, callback=_feed_if_disarmed)
 
 
 def _gpio(name):
@@ -22,6 +49,7 @@ def _gpio(name):
 
 def all_off():
     """Enable low first (the current path opens at once), then polarity and amplitude."""
+    set_armed(False)
     ok = True
     for name in ("STIM_EN", "STIM_POL"):
         g = _gpio(name)

@@ -79,3 +79,24 @@ def test_microstim_sim_serves_a_port(tmp_path):
         p.terminate()
         p.wait(timeout=10)
     assert p.returncode in (0, -15)
+
+
+def test_watchdog_lets_the_repl_live_while_the_output_is_off(vboard):
+    # boot.py's watchdog survives mpremote's soft reset, as on an ESP32; its feeder keeps
+    # the board alive well past the 2 s timeout while the output is disarmed.
+    vb = vboard()
+    r = mpremote(vb.port, "exec", "import time; time.sleep(5); print('alive')", timeout=60)
+    assert r.stdout.strip() == "alive", r.stderr
+    assert 3 not in causes(vb)
+
+
+def test_watchdog_resets_a_loop_that_stalls_with_the_output_armed(vboard):
+    vb = vboard()
+    code = "import safe, time\nsafe.set_armed(True)\nwhile True:\n    time.sleep_ms(10)"
+    r = mpremote(vb.port, "exec", "--no-follow", code)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: 3 in causes(vb), timeout_s=15)
+    # The board comes back disarmed, with the output off.
+    r = mpremote(vb.port, "resume", "exec",
+                 "import _vworld; w = _vworld.world(); print(w.dac.get(25, 0), w.output_level(27))")
+    assert r.stdout.split() == ["0", "0"], r.stdout + r.stderr

@@ -8,6 +8,7 @@
 # said (events) is queued as small ints and printed by the app's slow path.
 from array import array
 
+import safe
 from micropython import const
 
 from msfw import programs, pulse
@@ -120,6 +121,7 @@ class Engine:
         self.timer = timer
         self.software = tl.prog["software_timed"]
         now = self.hw.ticks_us()
+        safe.set_armed(True)  # from here only the main loop feeds the watchdog
         timer.start(tl.seq, tl.macro_us)
         tl.start(now)
         self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software)
@@ -138,6 +140,7 @@ class Engine:
         self.sampler.stop()
         self.reg.set_target(0)
         self.reg.discard()
+        safe.set_armed(False)
 
     def _emit(self, kind, value=0):
         n = self._ev_n

@@ -6,6 +6,7 @@
 # this is also the code every test runs.
 import time
 
+import safe
 from machine import DAC, I2C, PWM, WDT, Pin
 
 from msfw.ads1115 import ADS1115
@@ -74,7 +75,8 @@ class Hardware:
         self.led = Pin(led, Pin.OUT, value=0) if led is not None else None
         buzzer = p("BUZZER")
         self.buzzer = Buzzer(buzzer) if buzzer is not None else None
-        self.wdt = WDT(timeout=watchdog_ms) if watchdog_ms else None
+        # boot.py started the watchdog (safe.wdt); without boot.py, start it here.
+        self.wdt = safe.wdt if safe.wdt is not None else (WDT(timeout=watchdog_ms) if watchdog_ms else None)
         self.ticks_ms = time.ticks_ms
         self.ticks_us = time.ticks_us
         self.ticks_diff = time.ticks_diff

@@ -300,12 +300,17 @@ class World:
         self.inputs = {}
         self.irq = {}  # gpio -> (handler, trigger, pin object)
         self.dac = {}  # gpio -> code
+        self.wdt_timeout_us = 0
+        self.wdt_fed_us = 0
         if state and reset_cause == SOFT_RESET:
-            # A soft reset keeps DAC levels and GPIO output levels.
+            # A soft reset keeps DAC levels and GPIO output levels, and a started watchdog
+            # keeps running (the ESP32 port never removes its task-WDT user); timers stop.
             for k, v in st.get("dac", {}).items():
                 self.dac[int(k)] = v
             for k, v in st.get("levels", {}).items():
                 self.out[int(k)] = Static(v)
+            self.wdt_timeout_us = st.get("wdt_timeout_us", 0)
+            self.wdt_fed_us = st.get("wdt_fed_us", 0)
 
         fe = board["frontend"]
         self.fe = FrontEnd(fe, sim.get("errors", {}))
@@ -345,8 +350,6 @@ class World:
             addr = adc.get("address", 0x48)
             self.i2c.setdefault(bus, {})[addr] = _ads1115.ADS1115(self, addr)
         self.timers = []  # [due_us, period_us or 0, callback, arg, key]
-        self.wdt_timeout_us = 0
-        self.wdt_fed_us = 0
         self._in_callback = False
         self._events = []
         for ev in cfg.get("scenario", []):
@@ -813,6 +816,8 @@ class World:
             return
         st = {"now_us": self.now_us, "boots": self.boots}
         if keep_outputs:
+            st["wdt_timeout_us"] = self.wdt_timeout_us
+            st["wdt_fed_us"] = self.wdt_fed_us
             st["dac"] = {str(k): v for k, v in self.dac.items()}
             st["levels"] = {str(k): s.level_at(self.now_us) for k, s in self.out.items() if s is not None}
         data = json.dumps(st).encode()
