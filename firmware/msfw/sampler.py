@@ -71,7 +71,8 @@ class Timeline:
         on = 0
         end = pos + length
         m = self.macro_us
-        for k in (0, m):
+        for j in range(2):  # this macro period and the next (a tuple here would allocate)
+            k = j * m
             for a, b, _ in self.intervals:
                 a += k
                 b += k
