@@ -135,3 +135,19 @@ except MemoryError:
     print("ALLOCATED")
 """)
     assert r.stdout.strip() == "ALLOCATED", r.stdout + r.stderr
+
+
+def test_firmware_runs_in_a_96k_heap(tmp_path):
+    from microstim.vboard import run_headless
+
+    scenario = [{"at_s": 1.0, "event": "press"}, {"at_s": 8.0, "event": "lift"},
+                {"at_s": 8.5, "event": "contact"}, {"at_s": 14.0, "event": "stop"}]
+    trace, console, _ = run_headless(tmp_path, scenario, fw_heap=96 * 1024,
+                                     device_config={"duration_s": 12})
+    assert "MemoryError" not in console
+    assert '"reason": "auto_off"' in console
+    boot = [line for line in console.splitlines() if '"ev": "boot"' in line][0]
+    import json
+
+    assert 20_000 < json.loads(boot)["mem_free"] < 96 * 1024
+    assert len(trace.phases) > 100

@@ -5,6 +5,7 @@
 # top it wraps to the lowest); a long press (1 s) stops it, or clears a latched fault.
 # LED: idle slow blink, stimulating on, paused (no contact) fast blink, fault flicker.
 # Buzzer: the relocation cue every cue_s seconds (default 5).
+import gc
 import json
 
 from msfw import VERSION, programs
@@ -123,7 +124,9 @@ def run():
     except (programs.ProgramError, ValueError) as e:
         emit("config_error", message=str(e))
         eng = E.Engine(hw, dict(DEFAULTS))
-    emit("boot", version=VERSION, board=board.name, program=eng.program.get("freq_hz"))
+    gc.collect()
+    emit("boot", version=VERSION, board=board.name, program=eng.program.get("freq_hz"),
+         mem_free=gc.mem_free(), mem_alloc=gc.mem_alloc())
     button = Button(hw)
     cue_until = 0
     led = hw.led

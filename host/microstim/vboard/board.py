@@ -31,6 +31,7 @@ class VirtualBoard:
         transport: str | None = "pty",
         baud: int | None = None,
         heap: str = "2m",
+        fw_heap: int | None = None,
     ):
         if run_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="microstim-vboard-")
@@ -40,7 +41,8 @@ class VirtualBoard:
             self.run_dir, board, scenario=scenario, speed=speed, sim=sim, device_config=device_config
         )
         self.config["headless"] = transport is None
-        self.supervisor = Supervisor(self.run_dir, self.config, transport=transport, baud=baud, heap=heap)
+        self.supervisor = Supervisor(self.run_dir, self.config, transport=transport, baud=baud, heap=heap,
+                                     fw_heap=fw_heap)
 
     @property
     def port(self) -> str:
@@ -74,6 +76,7 @@ def run_headless(
     sim: dict | None = None,
     device_config: dict | None = None,
     heap: str = "2m",
+    fw_heap: int | None = None,
     timeout_s: float = 300.0,
 ) -> tuple[Trace, str, float]:
     """Run a scenario in pure virtual time with no host attached.
@@ -83,7 +86,7 @@ def run_headless(
     """
     vb = VirtualBoard(
         run_dir, board, scenario=scenario, speed=None, sim=sim, device_config=device_config,
-        transport=None, heap=heap,
+        transport=None, heap=heap, fw_heap=fw_heap,
     )
     t0 = time.perf_counter()
     with vb:

@@ -68,6 +68,9 @@ OUTPUT_RING_BYTES = 1 << 20
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 _SOFT_REBOOT_MSG = b"MPY: soft reboot\r\n"
+# Heap for the simulated hardware (native code, world, ADS1115 model, config) on top of a
+# firmware heap budget; measured at about 50 KB, with room for its transient garbage.
+SIM_HEAP_ALLOWANCE_BYTES = 160 * 1024
 _RAW_REPL_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 # Output that leaves the REPL waiting for input: friendly prompt, continuation, raw
 # prompt after the banner, raw prompt after an execution.
@@ -289,6 +292,7 @@ class Supervisor:
         transport: str | None = "pty",
         baud: int | None = None,
         heap: str = "2m",
+        fw_heap: int | None = None,
         on_output: Callable[[bytes], None] | None = None,
         tcp_port: int = 0,
     ):
@@ -300,7 +304,10 @@ class Supervisor:
         self.transport = transport
         self.port: str | None = None
         self._config = config
-        self._heap = heap
+        # fw_heap: the firmware gets exactly this much free heap; the interpreter gets
+        # room for the simulated hardware on top (see _vworld.reserve_firmware_heap).
+        self._fw_heap = fw_heap
+        self._heap = f"{(fw_heap + SIM_HEAP_ALLOWANCE_BYTES) // 1024}k" if fw_heap else heap
         self._on_output = on_output
         self._tcp_port = tcp_port
         self._micropython = find_micropython()
@@ -449,6 +456,8 @@ class Supervisor:
                 MICROSTIM_VB_MODE=boot.mode,
                 MICROSTIM_VB_RESET_CAUSE=str(boot.cause),
             )
+            if self._fw_heap:
+                env["MICROSTIM_VB_FW_HEAP"] = str(self._fw_heap)
             self._proc = subprocess.Popen(
                 [self._micropython, "-X", f"heapsize={self._heap}", "-i", str(self._runner)],
                 stdin=slave_fd,

@@ -43,6 +43,8 @@ import esp32  # noqa: E402,F401
 import machine  # noqa: E402,F401
 
 _vworld.mount_flash(_world)
+if os.getenv("MICROSTIM_VB_FW_HEAP"):
+    _vworld.reserve_firmware_heap(int(os.getenv("MICROSTIM_VB_FW_HEAP")))
 
 # A board's sys.path: current dir, frozen modules, /lib.
 sys.path[:] = ["", ".frozen", "/lib"]

@@ -12,6 +12,7 @@
 import math
 import struct
 import sys
+from array import array
 
 try:
     import micropython
@@ -46,6 +47,8 @@ SOFT_RESET = 5
 
 FOREVER = 1 << 62
 EXIT_FIRMWARE_ENDED = 70  # headless run: main.py returned or raised
+STATE_PAD_BYTES = 1024  # the saved state is far smaller
+_BLANKS = b" " * 64
 FLUSH_EVERY_US = 250000
 
 # Flags of a phase record in the trace.
@@ -331,14 +334,15 @@ class World:
         self.v_out_abs = 0.0  # |output voltage| now (0 while the source is disabled)
         self.gpio_fast_sense = self.pins_by_name.get("VLOAD_FAST")
         self.phys_t = self.now_us
-        # Recent segments for the ADC's averaging window: parallel ring buffers.
-        n = 256
+        # Recent segments for the ADC's averaging window (a conversion spans a few):
+        # parallel ring buffers, as arrays so they hold no boxed floats.
+        n = 64
         self._seg_n = n
-        self._seg_t0 = [0] * n
-        self._seg_t1 = [0] * n
-        self._seg_i = [0.0] * n  # |current| in A, constant over a segment
-        self._seg_v0 = [0.0] * n  # |output voltage| at start and end
-        self._seg_v1 = [0.0] * n
+        self._seg_t0 = array("q", [0] * n)
+        self._seg_t1 = array("q", [0] * n)
+        self._seg_i = array("d", [0.0] * n)  # |current| in A, constant over a segment
+        self._seg_v0 = array("d", [0.0] * n)  # |output voltage| at start and end
+        self._seg_v1 = array("d", [0.0] * n)
         self._seg_w = 0
 
         self.i2c = {}  # bus id -> {addr: device}
@@ -378,7 +382,7 @@ class World:
             self.events_log = open(tdir + "/events.jsonl", "a")
         self._flushed_us = self.now_us
         self._ph = None  # the phase being recorded
-        self._tbuf = bytearray(PHASE_SIZE * 128)
+        self._tbuf = bytearray(PHASE_SIZE * 32)
         self._tn = 0
 
         self.usb_present = sim.get("usb_present", False)
@@ -823,7 +827,14 @@ class World:
         data = json.dumps(st).encode()
         f = self.state_file
         f.seek(0)
-        f.write(data + b" " * (4096 - len(data)))
+        f.write(data)
+        # Blank out a longer previous state (files cannot be truncated); small writes,
+        # so a tight firmware heap is not asked for one big buffer.
+        pad = STATE_PAD_BYTES - len(data)
+        while pad > 0:
+            n = pad if pad < 64 else 64
+            f.write(_BLANKS[:n])
+            pad -= n
         f.flush()
 
     def _hand_over(self, msg, keep_outputs=False):
@@ -911,6 +922,7 @@ class FileBlockDev:
         self.f = f
         self.bs = block_size
         self.n = blocks
+        self._erased = b"\xff" * block_size  # one buffer for every erase
 
     def readblocks(self, block, buf, off=0):
         self.f.seek(block * self.bs + off)
@@ -933,7 +945,7 @@ class FileBlockDev:
             return self.bs
         if op == 6:  # erase
             self.f.seek(arg * self.bs)
-            self.f.write(b"\xff" * self.bs)
+            self.f.write(self._erased)
             return 0
         return None
 
@@ -969,12 +981,12 @@ def mount_flash(w):
         fresh = False
     except OSError:
         f = open(path, "w+b")
-        chunk = b"\xff" * bs
-        for _ in range(blocks):
-            f.write(chunk)
-        f.flush()
         fresh = True
     bdev = FileBlockDev(f, bs, blocks)
+    if fresh:
+        for _ in range(blocks):
+            f.write(bdev._erased)
+        f.flush()
     if fresh:
         os.VfsLfs2.mkfs(bdev)
     try:
@@ -991,3 +1003,33 @@ def mount_flash(w):
     os.umount("/")
     os.mount(vfs, "/")
     w.flash_file = f
+
+
+_ballast = None
+
+
+def reserve_firmware_heap(fw_heap_bytes):
+    """Leave the firmware exactly `fw_heap_bytes` of free heap.
+
+    The simulated hardware lives in the same MicroPython heap as the firmware, which a
+    board would not carry; the interpreter is started with room for both, and what
+    exceeds the firmware's budget is pinned here. The simulator's transient garbage
+    still competes with the firmware, so this is stricter than a board, not looser."""
+    global _ballast
+    import gc
+
+    gc.collect()
+    _ballast = []
+    # In chunks: the free heap is fragmented after the simulator's setup.
+    chunk = 2048
+    while True:
+        extra = gc.mem_free() - fw_heap_bytes
+        if extra <= 64:
+            break
+        n = chunk if extra > chunk + 64 else extra - 64
+        try:
+            _ballast.append(bytearray(n))
+        except MemoryError:
+            chunk //= 2
+            if chunk < 64:
+                break
