@@ -96,15 +96,15 @@ def small_heap_session(fw_heap: int = 96 * 1024, minutes: float = 20.0) -> dict:
 
 def main() -> int:
     c = regulator_cost()
-    print("hot path on the MicroPython unix port (bytecode), %d iterations" % c["n"])
+    print(f"hot path on the MicroPython unix port (bytecode), {c['n']} iterations")
     print(f"{'loop body':<34} {'us/iteration':>13} {'bytes allocated/iteration':>26}")
     print(f"{'regulator step + supervisor checks':<34} {c['step_us']:>13.2f} {c['step_alloc']:>26.1f}")
     print(f"{'empty loop (for reference)':<34} {c['empty_us']:>13.2f} {c['empty_alloc']:>26.1f}")
     print(f"regulator step / empty loop: {c['step_us'] / c['empty_us']:.1f}x")
     h = small_heap_session()
     print()
-    print("whole firmware in a %s heap (the simulated hardware's own heap pinned away), "
-          "20-minute session" % h["heap"])
+    print(f"whole firmware in a {h['heap']} heap (the simulated hardware's own heap pinned "
+          "away), 20-minute session")
     print(f"free heap after boot: {h['mem_free_after_boot']} bytes of {h['heap']}")
     print(f"session ended by auto-off: {h['auto_off']}; MemoryError: {h['memory_error']}; "
           f"phases delivered: {h['phases']}; wall {h['wall_s']:.1f} s")

@@ -22,7 +22,8 @@ def test_firmware_is_on_the_flash_and_fs_cp_works_both_ways(vboard, tmp_path):
     vb = vboard()
     r = mpremote(vb.port, "fs", "ls", ":")
     assert r.returncode == 0, r.stderr
-    for name in ("boot.py", "main.py", "safe.py", "board.json", "pins.csv", "msfw/"):
+    # As a deploy leaves it: boot.py and main.py as source, the rest compiled to .mpy.
+    for name in ("boot.py", "main.py", "safe.mpy", "board.json", "pins.csv", "msfw/"):
         assert name in r.stdout
     data = bytes(range(256)) * 20
     src = tmp_path / "blob.bin"

@@ -145,8 +145,9 @@ def run():
                 eng.clear_fault()
             else:
                 eng.stop()
+        t_us = hw.ticks_us()
         try:
-            eng.tick(hw.ticks_us(), now)
+            eng.tick(t_us, now)
         except OSError as e:
             # The ADC or DAC stopped answering on I2C: the current is unknown.
             eng.trip(F_ADC, e.args[0] if e.args else 0)
@@ -163,4 +164,6 @@ def run():
             led.value(led_level(eng.state, now))
         if wdt is not None:
             wdt.feed()
-        hw.sleep_ms(LOOP_MS)
+        # Sleep until the next conversion is due (at most 1 ms): a channel is revisited
+        # every ~2.5 ms, which bounds how long a fault can go unseen.
+        hw.sleep_us(eng.wait_us(hw.ticks_us()))

@@ -49,8 +49,9 @@ CONTACT_STABLE_MS = const(500)
 LEARN_MS = const(250)
 LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 
-# A 5 Hz biphasic probe, 2 ms phases: one whole ADC conversion fits in each phase.
-PROBE = {"freq_hz": 5, "phase_us": 2000, "gap_us": 200, "train_n": 1,
+# A 5 Hz biphasic probe, 3 ms phases: two whole conversions (load, then current) fit in
+# each phase, so a stuck DAC is seen within the first probe phase it drives.
+PROBE = {"freq_hz": 5, "phase_us": 3000, "gap_us": 200, "train_n": 1,
          "train_on_ms": 0, "train_off_ms": 0}
 
 
@@ -73,6 +74,7 @@ class Engine:
         gain_q14 = cal[0] if cal else 16384
         offset_cu = cal[1] if cal else 0
         self.reg = Regulator(board)
+        self.new_period = False
         self.sup = Supervisor(board)
         self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
         self.sampler.set_calibration(gain_q14, offset_cu)
@@ -124,7 +126,7 @@ class Engine:
         safe.set_armed(True)  # from here only the main loop feeds the watchdog
         timer.start(tl.seq, tl.macro_us)
         tl.start(now)
-        self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software)
+        self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software, tl is self.main_tl)
         self.last_pos = 0
 
     def _halt(self):
@@ -247,14 +249,15 @@ class Engine:
         if st == S_PAUSED:
             self._probe(now_us, now_ms)
             return
-        if not self._burst(now_ms):
-            return
         pos = tl.pos(now_us)
-        if self.software:
-            self.timer.update(tl.sign_at(pos))
         if pos < self.last_pos:
             self.sup.period_end()
+            self.new_period = True
         self.last_pos = pos
+        if not self._burst(now_ms):
+            return
+        if self.software:
+            self.timer.update(tl.sign_at(pos))
         sup = self.sup
         samp = self.sampler
         ch = samp.poll(now_us)
@@ -285,7 +288,9 @@ class Engine:
                 self.last_learn = now_ms
             else:
                 self.reg.set_target(self.ramp_from + (self.ramp_to - self.ramp_from) * el // SOFT_START_MS)
-        elif hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
+        elif self.new_period and hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
+            # Learn where a period begins, just before its DAC code is computed: every
+            # sample gathered since the last step was taken with the code that step set.
             self.last_learn = now_ms
             if not self.reg.learn(8):
                 sup.trip(F_REGULATION, self.reg.gain_q14)
@@ -295,10 +300,15 @@ class Engine:
             if sup.fault != F_NONE:
                 self._fault()
                 return
-        code = self.reg.dac_code()
-        if code != self.dac_last:
-            hw.dac.write(code)
-            self.dac_last = code
+        # In steady state the amplitude changes only where a macro period (a +/- pair or
+        # train) begins: both polarities of it get the same DAC code, so neither the
+        # dither nor a learning step can unbalance its charge. Ramps move every loop.
+        if st == S_RAMP or self.new_period or self.dac_last <= 0:
+            self.new_period = False
+            code = self.reg.dac_code()
+            if code != self.dac_last:
+                hw.dac.write(code)
+                self.dac_last = code
 
     def _burst(self, now_ms):
         """Burst programs: on for train_on_ms, off for train_off_ms (ms accuracy)."""
@@ -306,7 +316,8 @@ class Engine:
         if not on_ms or self.tl is not self.main_tl:
             return True
         el = self.hw.ticks_diff(now_ms, self.burst_t0)
-        if self.burst_on and el >= on_ms:
+        # A burst ends only where a period begins: a +/- pair is never cut in half.
+        if self.burst_on and el >= on_ms and self.new_period:
             self.burst_on = False
             self.burst_t0 = now_ms
             self.timer.stop()
@@ -320,6 +331,21 @@ class Engine:
             self.tl.start(self.hw.ticks_us())
             self.last_pos = 0
         return self.burst_on
+
+    def wait_us(self, now_us):
+        """How long the app may sleep: until the pending conversion is due; 200 us while
+        a phase is on and the ADC idle (its first conversion starts early in the phase);
+        else 1 ms."""
+        samp = self.sampler
+        if samp.busy:
+            left = samp.CONV_WAIT_US - self.hw.ticks_diff(now_us, samp.t_start)
+            if left < 1000:
+                return left if left > 50 else 50
+            return 1000
+        tl = self.tl
+        if tl is not None and tl.sign_at(tl.pos(now_us)) != 0:
+            return 200
+        return 1000
 
     def _pause(self, now_ms):
         self.pause_reason = self.sup.contact
@@ -346,11 +372,20 @@ class Engine:
             self.dac_last = code
         if ch == CH_NONE:
             return
+        sup = self.sup
         good = True
         if ch == CH_SHUNT:
-            good = samp.i_cu * 10 >= PROBE_CU * 7 and samp.i_cu <= PROBE_CU * 2
+            # The probe current is checked like any other: a stuck DAC trips here too.
+            sup.check_current(samp.i_cu, 0, PROBE_CU)
+            good = samp.i_cu * 10 >= PROBE_CU * 7
         elif ch == CH_LOAD:
-            good = samp.v_mv < self.sup.compliance_mv
+            good = samp.v_mv < sup.compliance_mv
+            if good and sup.i_cu:
+                sup.check_load(samp.v_mv)
+        if sup.fault != F_NONE:
+            self._fault()
+            return
+        sup.contact = C_NONE  # while paused, contact is judged here, not by the checks
         if not good:
             self.good_since = 0
             return

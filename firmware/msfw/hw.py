@@ -82,6 +82,7 @@ class Hardware:
         self.ticks_diff = time.ticks_diff
         self.ticks_add = time.ticks_add
         self.sleep_ms = time.sleep_ms
+        self.sleep_us = time.sleep_us
 
     def usb_powered(self):
         return self.usb_sense is not None and self.usb_sense.value() == 1

@@ -38,6 +38,7 @@ class Timeline:
         self.origin = 0
         self._diff = ticks_diff
         self._add = ticks_add
+        self.fit_start = 0  # start of the phase the last fits() found
 
     def start(self, origin_us):
         self.origin = origin_us
@@ -63,6 +64,7 @@ class Timeline:
         """Sign of the phase that holds [pos, pos+length] with `margin` at both ends."""
         for a, b, s in self.intervals:
             if a + margin <= pos and pos + length + margin <= b:
+                self.fit_start = a
                 return s
         return 0
 
@@ -84,6 +86,8 @@ class Timeline:
 
 
 class Sampler:
+    CONV_WAIT_US = CONV_US + WAKE_US
+
     def __init__(self, board, adc, ticks_us, ticks_diff):
         self.adc = adc
         self.ticks_us = ticks_us
@@ -102,6 +106,9 @@ class Sampler:
         self.margin = MARGIN_US
         self.busy = CH_NONE
         self.next_ch = CH_SHUNT
+        self.phase_start = -1
+        self.phase_pos = 0
+        self.load_first = False
         self.t_start = 0
         self.pos_start = 0
         self.sign = 0
@@ -117,9 +124,12 @@ class Sampler:
         self.cal_gain_q14 = gain_q14
         self.cal_offset_cu = offset_cu
 
-    def use(self, timeline, dense, software_timed):
+    def use(self, timeline, dense, software_timed, load_first):
+        """load_first: start every phase with the load channel (stimulating: a short or a
+        lift shows there first); else with the current (probing: a stuck DAC does)."""
         self.timeline = timeline
         self.dense = dense
+        self.load_first = load_first and not dense
         self.margin = SOFT_MARGIN_US if software_timed else MARGIN_US
         self.busy = CH_NONE
         self.fresh = CH_NONE
@@ -182,6 +192,14 @@ class Sampler:
                 return self.fresh
             f = 1024
         ch = self.next_ch
+        if not self.load_first and not self.dense and (tl.fit_start != self.phase_start or pos < self.phase_pos):
+            ch = CH_SHUNT
+        elif self.load_first and (tl.fit_start != self.phase_start or pos < self.phase_pos):
+            # The first conversion of every phase reads the load: a short or a lift shows
+            # there first; the current follows one conversion later.
+            ch = CH_LOAD
+        self.phase_start = tl.fit_start
+        self.phase_pos = pos
         if ch == CH_SHUNT:
             adc.start(self.shunt_ch, PGA_SHUNT)
             self.next_ch = CH_LOAD

@@ -564,6 +564,9 @@ class World:
         load = self.load
         fe = self.fe
         rs, rp, cp = load.values(t0)
+        if rp <= 0 or cp <= 0:
+            # No skin R||C in the path (a short or a pure resistor): nothing is stored.
+            self.v_cp = 0.0
         s = 1.0 if pol else -1.0
         if not en or i_cmd <= 0.0:
             self._end_phase()
