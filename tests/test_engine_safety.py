@@ -120,14 +120,7 @@ def test_usb_plugged_in_mid_session_stops_it(tmp_path):
     assert '"fault": "usb_power"' in console
 
 
-PULSE3_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "open: on the 100 Hz train program (train_n=3) the model delivers about 208 uA for a "
-    "200 uA setpoint (+4 %, peaks 105.2 %) while the firmware measures 200: its current "
-    "samples read about 4 % low; suspected misalignment between the firmware's timeline and "
-    "the RMT pattern for trains, not yet found"))
-
-
-@pytest.mark.parametrize("program", ["lift", "tone", "fine", pytest.param("pulse3", marks=PULSE3_OPEN)])
+@pytest.mark.parametrize("program", ["lift", "tone", "fine", "pulse3"])
 def test_every_program_delivers_charge_balanced_output(tmp_path, program):
     tr, console = run(tmp_path, [], seconds=9.0, config={"program": program})
     p = tr.window(4.0, 9.0)

@@ -49,9 +49,9 @@ CONTACT_STABLE_MS = const(500)
 LEARN_MS = const(250)
 LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 
-# A 5 Hz biphasic probe, 3 ms phases: two whole conversions (load, then current) fit in
-# each phase, so a stuck DAC is seen within the first probe phase it drives.
-PROBE = {"freq_hz": 5, "phase_us": 3000, "gap_us": 200, "train_n": 1,
+# A 5 Hz biphasic probe, 3.5 ms phases: two whole conversions (current, then load) fit
+# in each phase, so a stuck DAC is seen within the first probe phase it drives.
+PROBE = {"freq_hz": 5, "phase_us": 3500, "gap_us": 200, "train_n": 1,
          "train_on_ms": 0, "train_off_ms": 0}
 
 

@@ -10,9 +10,9 @@ FREQ_MAX_HZ = 400.0
 PHASE_MIN_US = 100
 GAP_MIN_US = 100  # POL changes in gaps: twice the worst RMT start skew
 CONVERSION_US = 1163  # one ADS1115 conversion at 860 SPS
-# A phase long enough to hold one whole conversion, with margin at both ends for the
-# uncertainty of where the hardware pattern starts.
-SYNC_PHASE_MIN_US = 1500
+# A phase long enough to hold two whole conversions (load, then current: 2 x 1.2 ms),
+# with margin at both ends for the pattern's start uncertainty and the loop's latency.
+SYNC_PHASE_MIN_US = 3500
 # Otherwise every conversion window must be at least this much "on" (dense trains).
 DENSE_MIN_ON_FRACTION = 0.5
 
@@ -30,7 +30,7 @@ PROGRAMS = {
     "fine": {"freq_hz": 400, "phase_us": 1000, "gap_us": 200, "train_n": 1,
              "train_on_ms": 0, "train_off_ms": 0},
     # Trains: 3 positive then 3 negative pulses at 100 Hz.
-    "pulse3": {"freq_hz": 100, "phase_us": 3000, "gap_us": 0, "train_n": 3,
+    "pulse3": {"freq_hz": 100, "phase_us": 4000, "gap_us": 0, "train_n": 3,
                "train_on_ms": 0, "train_off_ms": 0},
 }
 

@@ -2,8 +2,9 @@
 #
 # The firmware knows the pulse timeline exactly (it started the pattern), so it triggers
 # single-shot ADS1115 conversions itself and knows which part of the pattern each one
-# saw. "sync" programs (phases of 1.5 ms or more): a conversion only starts if it fits
-# inside one phase, so every sample is a true amplitude. "dense" programs (short phases,
+# saw. "sync" programs (phases of 3.5 ms or more, room for two conversions): a conversion
+# only starts if it fits inside one phase, so every sample is a true amplitude; each phase
+# reads the load first, then the current. "dense" programs (short phases,
 # every window at least half on): conversions run back to back and each is divided by the
 # on-fraction of its window, computed from the timeline.
 # Channels alternate: shunt (current), load voltage (through the divider).
@@ -177,7 +178,10 @@ class Sampler:
                     mv = (mv << 10) // f
                 self.v_mv = mv
             self.fresh = ch
-        # Start the next conversion if its whole window is usable.
+        # Start the next conversion if its whole window is usable. Where in the pattern we
+        # are is read now: collecting the last result took two I2C transfers.
+        if self.fresh != CH_NONE:
+            now = self.ticks_us()
         pos = tl.pos(now) + WAKE_US
         if pos >= tl.macro_us:
             pos -= tl.macro_us

@@ -30,6 +30,7 @@ Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
 MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
 MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
 ADC_STUCK_US = const(4000)
+JUMP_MIN_CU = const(640)  # 20 uA
 JUMP_NUM = const(8)  # impedance above 8/5 (1.6x) its reference is a jump
 JUMP_DEN = const(5)
 
@@ -94,6 +95,8 @@ class Supervisor:
         if v_mv < 1000 and v_mv * 32000 < Z_SHORT_OHM * i:
             self.trip(F_SHORT, v_mv)
             return
+        if i < JUMP_MIN_CU:
+            return  # a few uA give too coarse an impedance to judge a jump by
         z = (v_mv * 4000) // (i >> 3)  # ohm; every product stays below 2**30
         if z > self.z_peak:
             self.z_peak = z
