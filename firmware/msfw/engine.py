@@ -14,7 +14,7 @@ from micropython import const
 from msfw import programs, pulse
 from msfw.regulator import Regulator
 from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
-from msfw.supervisor import C_COMPLIANCE, C_NONE, F_ADC, F_NONE, F_REGULATION, F_USB, Supervisor
+from msfw.supervisor import C_NONE, F_ADC, F_NONE, F_REGULATION, F_USB, Supervisor
 
 S_IDLE = const(0)
 S_RAMP = const(1)
@@ -75,7 +75,6 @@ class Engine:
         offset_cu = cal[1] if cal else 0
         self.reg = Regulator(board)
         self.new_period = False
-        self.dac_pending = False
         self.sup = Supervisor(board)
         self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
         self.sampler.set_calibration(gain_q14, offset_cu)
@@ -200,8 +199,6 @@ class Engine:
             return
         self.level = self.level + 1 if self.level < LEVELS else 1
         self._emit(E_INTENSITY, self.level)
-        self.limit_cu = self.setpoint_cu  # a new request: compliance is found out again
-        self.compliance_limited = False
         if self.state == S_PAUSED:
             return
         t = self.level_target()
@@ -303,15 +300,11 @@ class Engine:
             if sup.fault != F_NONE:
                 self._fault()
                 return
-        # In steady state the amplitude changes only in the rest between two macro periods
-        # (each a +/- pair or train): both polarities of a period get the same DAC code, so
-        # neither the dither nor a learning step can unbalance its charge. Ramps move
-        # every loop.
-        if self.new_period:
+        # In steady state the amplitude changes only where a macro period (a +/- pair or
+        # train) begins: both polarities of it get the same DAC code, so neither the
+        # dither nor a learning step can unbalance its charge. Ramps move every loop.
+        if st == S_RAMP or self.new_period or self.dac_last <= 0:
             self.new_period = False
-            self.dac_pending = True
-        if st == S_RAMP or self.dac_last <= 0 or (self.dac_pending and tl.in_rest(pos)):
-            self.dac_pending = False
             code = self.reg.dac_code()
             if code != self.dac_last:
                 hw.dac.write(code)
@@ -356,18 +349,12 @@ class Engine:
 
     def _pause(self, now_ms):
         self.pause_reason = self.sup.contact
-        if self.sup.contact == C_COMPLIANCE and self.reg.target_cu > PROBE_CU:
-            # The load needed more voltage than the source has at this current: resume at
-            # no more than 80 % of it (the probe alone underestimates a capacitive skin).
-            lim = self.reg.target_cu * 4 // 5
-            if lim < self.limit_cu:
-                self.limit_cu = lim
-                self.compliance_limited = True
         self._emit(E_CONTACT_LOST, self.sup.contact)
         self._halt()
         self._set_state(S_PAUSED)
         self.sup.reset_contact()
         self.good_since = 0
+        self.compliance_limited = False
         self._run(self.probe_tl, self.probe_timer)
         self.reg.set_target(PROBE_CU)
 
@@ -410,9 +397,8 @@ class Engine:
         # Stable contact: what current can this load take within compliance?
         if ch == CH_LOAD and samp.i_cu > 0:
             max_cu = self.sup.compliance_mv * 8 // 10 * PROBE_CU // (samp.v_mv if samp.v_mv > 0 else 1)
-            if max_cu < self.limit_cu:
-                self.limit_cu = max_cu
-            self.compliance_limited = self.limit_cu < self.setpoint_cu
+            self.compliance_limited = max_cu < self.setpoint_cu
+            self.limit_cu = max_cu if self.compliance_limited else self.setpoint_cu
         elif ch != CH_LOAD:
             return
         self._emit(E_CONTACT_OK, self.pause_reason)

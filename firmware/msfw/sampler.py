@@ -36,13 +36,6 @@ class Timeline:
             a = int(start + lead_us)
             iv.append((a, a + int(width), sign))
         self.intervals = tuple(iv)
-        # The rest of a period: after its last phase ends, before the next one's first.
-        self.first_on = iv[0][0]
-        last = 0
-        for _, b, _ in iv:
-            if b > last:
-                last = b
-        self.last_off = last
         self.origin = 0
         self._diff = ticks_diff
         self._add = ticks_add
@@ -61,9 +54,6 @@ class Timeline:
             self.origin = self._add(self.origin, k * m)
             d -= k * m
         return d % m
-
-    def in_rest(self, pos):
-        return pos < self.first_on or pos >= self.last_off
 
     def sign_at(self, pos):
         for a, b, s in self.intervals:
