@@ -1,0 +1,66 @@
+"""Firmware rules that need no session: run on the MicroPython unix port."""
+
+import json
+
+from conftest import ROOT
+from test_hot_path import SETUP
+
+
+def test_board_above_1ma_is_refused(mp, tmp_path):
+    spec = json.loads((ROOT / "boards/virtual/board.json").read_text())
+    spec["frontend"]["hw_current_limit_ua"] = 1500
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(spec))
+    r = mp(SETUP + f"""
+try:
+    boardmod.load({str(bad)!r}, {str(ROOT / 'boards/virtual/pins.csv')!r})
+    print("accepted")
+except boardmod.BoardError as e:
+    print("refused:", e)
+""")
+    assert "refused: frontend.hw_current_limit_ua = 1500.0 exceeds the absolute maximum of 1000.0 uA" in r.stdout, r.stderr
+
+
+def test_bad_programs_are_refused_naming_the_field(mp):
+    r = mp(SETUP + """
+from msfw import programs
+base = {"freq_hz": 10, "phase_us": 20000, "gap_us": 1000, "train_n": 1, "train_on_ms": 0, "train_off_ms": 0}
+for change in ({"freq_hz": 0.1}, {"freq_hz": 500}, {"phase_us": "long"}, {"gap_us": 10},
+               {"phase_us": 60000}, {"freq_hz": 200, "phase_us": 300, "gap_us": 100}):
+    p = dict(base); p.update(change)
+    try:
+        programs.validate(p); print("accepted")
+    except programs.ProgramError as e:
+        print("refused|" + str(e))
+try:
+    programs.get("zap")
+except programs.ProgramError as e:
+    print("refused|" + str(e))
+""")
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 7 and all(x.startswith("refused|program") for x in lines), r.stdout + r.stderr
+    assert "program.freq_hz = 0.1 is outside 0.3..400" in lines[0]
+    assert "program.freq_hz = 500 is outside" in lines[1]
+    assert "program.phase_us: missing or not a number" in lines[2]
+    assert "program.gap_us = 10" in lines[3]
+    assert "'zap' is not one of" in lines[6]
+
+
+def test_relocation_cue_every_cue_s(mp):
+    r = mp(SETUP + """
+eng = E.Engine(hw, {"program": "steady", "setpoint_ua": 200, "duration_s": 600, "cue_s": 5})
+eng.start(hw.ticks_ms())
+cues = []
+t0 = hw.ticks_ms()
+while hw.ticks_diff(hw.ticks_ms(), t0) < 21000:
+    eng.tick(hw.ticks_us(), hw.ticks_ms())
+    for kind, value in eng.drain():
+        if kind == E.E_CUE:
+            cues.append(hw.ticks_diff(hw.ticks_ms(), t0))
+    hw.sleep_ms(1)
+print(len(cues), *cues)
+""")
+    out = r.stdout.split()
+    assert out and out[0] == "4", r.stdout + r.stderr
+    gaps = [int(b) - int(a) for a, b in zip(out[1:], out[2:], strict=False)]
+    assert all(4990 <= g <= 5010 for g in gaps)
