@@ -75,6 +75,7 @@ class Engine:
         offset_cu = cal[1] if cal else 0
         self.reg = Regulator(board)
         self.new_period = False
+        self.dac_pending = False
         self.sup = Supervisor(board)
         self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
         self.sampler.set_calibration(gain_q14, offset_cu)
@@ -300,11 +301,15 @@ class Engine:
             if sup.fault != F_NONE:
                 self._fault()
                 return
-        # In steady state the amplitude changes only where a macro period (a +/- pair or
-        # train) begins: both polarities of it get the same DAC code, so neither the
-        # dither nor a learning step can unbalance its charge. Ramps move every loop.
-        if st == S_RAMP or self.new_period or self.dac_last <= 0:
+        # In steady state the amplitude changes only in the rest between macro periods
+        # (each a +/- pair or train): both polarities of a period get the same DAC code, so
+        # neither the dither nor a learning step can unbalance its charge. Ramps move
+        # every loop.
+        if self.new_period:
             self.new_period = False
+            self.dac_pending = True
+        if st == S_RAMP or self.dac_last <= 0 or (self.dac_pending and tl.in_rest(pos)):
+            self.dac_pending = False
             code = self.reg.dac_code()
             if code != self.dac_last:
                 hw.dac.write(code)

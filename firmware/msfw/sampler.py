@@ -17,7 +17,8 @@ from msfw.ads1115 import FSR_V
 CONV_US = const(1163)  # 860 SPS
 WAKE_US = const(40)  # power-up from single-shot plus I2C latency
 MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
-SOFT_MARGIN_US = const(3000)  # software-switched phases move by up to a loop period
+SOFT_MARGIN_US = const(3000)
+REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
 PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
 PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
 
@@ -36,6 +37,13 @@ class Timeline:
             a = int(start + lead_us)
             iv.append((a, a + int(width), sign))
         self.intervals = tuple(iv)
+        # The rest of a period: after its last phase ends, before the next one's first.
+        self.first_on = iv[0][0]
+        last = 0
+        for _, b, _ in iv:
+            if b > last:
+                last = b
+        self.last_off = last
         self.origin = 0
         self._diff = ticks_diff
         self._add = ticks_add
@@ -54,6 +62,10 @@ class Timeline:
             self.origin = self._add(self.origin, k * m)
             d -= k * m
         return d % m
+
+    def in_rest(self, pos):
+        """Between periods, with a guard for the pattern's start skew (tens of us)."""
+        return pos < self.first_on - REST_GUARD_US or pos >= self.last_off + REST_GUARD_US
 
     def sign_at(self, pos):
         for a, b, s in self.intervals:
