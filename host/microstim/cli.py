@@ -37,6 +37,24 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ports(as_json: bool) -> None:
+    """List boards that can be used: USB serial ports of known ESP32 bridges (CP210x,
+    CH340/CH9102, FTDI, Espressif native USB) and running virtual boards."""
+    from .ports import candidates
+
+    found = candidates()
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in found], indent=2))
+        return
+    if not found:
+        click.echo("no boards found (plug one in, or start one with `microstim sim`)", err=True)
+        return
+    for c in found:
+        click.echo(f"{c.port}\t{c.kind}\t{c.description}")
+
+
+@main.command()
 @click.option("--board", default="virtual", show_default=True, help="Board definition to simulate.")
 @click.option("--speed", default=1.0, show_default=True, type=float,
               help="Virtual time per wall second (1 = real time).")
