@@ -130,3 +130,18 @@ def test_every_program_delivers_charge_balanced_output(tmp_path, program):
     train_n = {"pulse3": 3}.get(program, 1)  # the window may cut a train of N phases
     assert abs(q) <= train_n * q_phase
     assert tr.phases["i_peak_ua"].max() <= 1.05 * SETPOINT
+
+
+def test_impedance_jump_pauses_and_resumes_with_a_soft_start(tmp_path):
+    # The probes stay on the skin but the contact shrinks to a quarter: the same current
+    # over a quarter of the area. The output must stop at once and come back softly.
+    tr, console = run(tmp_path, [{"at_s": 4.03, "event": "contact", "area": 0.25}], seconds=9.0)
+    assert '"reason": "impedance_jump"' in console or '"reason": "compliance"' in console
+    p = stim(tr.phases)
+    after = p[p["t_us"] >= 4.03e6]
+    # Full current over the shrunken contact for at most 10 ms (as for a lift-off)...
+    assert on_time_after(tr.phases, 4.03, 4.5) <= 10.0
+    first_back = after[after["t_us"] >= 4.2e6]
+    # ...and the return is a fresh soft start.
+    assert np.abs(first_back["i_peak_ua"][:3]).max() < 0.7 * SETPOINT
+    assert tr.phases["i_peak_ua"].max() <= 1.05 * SETPOINT

@@ -98,6 +98,13 @@ class Supervisor:
         if i < JUMP_MIN_CU:
             return  # a few uA give too coarse an impedance to judge a jump by
         z = (v_mv * 4000) // (i >> 3)  # ohm; every product stays below 2**30
+        # Within a phase the impedance seen rises with the skin's capacitance, up to a
+        # peak; the reference is that peak over earlier periods, so a single sample well
+        # above it is already a jump: stop at once, not at the end of the period.
+        ref = self.z_ref
+        if ref and z * JUMP_DEN > ref * JUMP_NUM:
+            self.contact = C_JUMP
+            return
         if z > self.z_peak:
             self.z_peak = z
 
