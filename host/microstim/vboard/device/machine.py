@@ -3,6 +3,7 @@
 # Same signatures and the same limits as ports/esp32 (PWM refuses < 1 Hz, DAC only on its
 # pins and 8 bits, Timer callbacks soft, WDT resets when starved), backed by _vworld.
 # Only what the ESP32 has is here: code that runs on the virtual board runs on a board.
+import _mcp4725
 import _vworld
 from _vworld import release, restore
 
@@ -18,6 +19,23 @@ _ETIMEDOUT = 116
 
 def _w():
     return _vworld.world()
+
+
+# Per chip (ports/esp32 and the chips' reference manuals): input-only GPIOs and the ADC1
+# channels' GPIOs. What exists at all comes from the run config (the board's chip).
+_INPUT_ONLY = {"esp32": (34, 35, 36, 37, 38, 39), "esp32s2": (46,), "esp32s3": (), "esp32c3": ()}
+_ADC1 = {"esp32": tuple(range(32, 40)), "esp32s2": tuple(range(1, 11)),
+         "esp32s3": tuple(range(1, 11)), "esp32c3": (0, 1, 2, 3, 4)}
+
+
+def _chip():
+    return _w().board.get("chip", "esp32")
+
+
+# A board without a DAC has an external one on its I2C bus; it is there from power-on,
+# like the ADS1115, and a soft reset of the ESP32 does not touch it.
+if _vworld.world() is not None:
+    _mcp4725.attach(_vworld.world())
 
 
 class Pin:
@@ -46,7 +64,7 @@ class Pin:
             w = _w()
             if mode != -1 and mode is not None:
                 if mode in (Pin.OUT, Pin.OPEN_DRAIN):
-                    if self._id >= 34:
+                    if self._id in _INPUT_ONLY.get(_chip(), ()):
                         raise ValueError("pin can only be input")
                     lvl = value if value is not None else w.output_level(self._id) or 0
                     w.set_output(self._id, _vworld.Static(1 if lvl else 0))
@@ -207,7 +225,7 @@ class ADC:
 
     def __init__(self, pin, *, atten=0):
         self._id = _pin_id(pin)
-        if not (32 <= self._id <= 39):
+        if self._id not in _ADC1.get(_chip(), ()):
             raise ValueError("invalid Pin for ADC")
         self._atten = atten
 
