@@ -10,6 +10,7 @@ import safe
 from machine import DAC, I2C, PWM, WDT, Pin
 
 from msfw.ads1115 import ADS1115
+from msfw.regulator import fine_shift
 
 
 class InternalDAC:
@@ -18,9 +19,58 @@ class InternalDAC:
     def __init__(self, pin):
         self._dac = DAC(Pin(pin))
         self.max_code = 255
+        self.full_scale = 255
 
     def write(self, code):
         self._dac.write(code)
+
+
+class DualDAC:
+    """Both 8-bit DAC channels of an ESP32/ESP32-S2, summed at the source input: DAC_AMP
+    (coarse) plus DAC_FINE through a resistor network that scales it by fine_ratio (1/16):
+    12 bits from two 8-bit DACs (0.15 uA a step instead of 2.5 uA on the reference front end).
+
+    A code is coarse << shift | low; the fine channel gets low x fine_k (Q8), which
+    calibration sets from the measured ratio (the resistors' tolerance). write() is on the
+    hot path: integers only, nothing allocated."""
+
+    def __init__(self, coarse_pin, fine_pin, fine_ratio):
+        self._c = DAC(Pin(coarse_pin))
+        self._f = DAC(Pin(fine_pin))
+        self.shift = fine_shift(fine_ratio)
+        n = 1 << self.shift
+        self._mask = n - 1
+        self.max_code = 255 * n + n - 1
+        self.full_scale = 255 * n  # codes per DAC_AMP full scale (vref)
+        self.fine_k_q8 = int(256 / (n * fine_ratio) + 0.5)  # nominal; calibration refines it
+        self._last_c = 0
+        self._last_f = 0
+
+    def write(self, code):
+        c = code >> self.shift
+        f = ((code & self._mask) * self.fine_k_q8 + 128) >> 8
+        if c > 255:
+            c = 255
+        if f > 255:
+            f = 255
+        # Of the two intermediate states, pass through the lower one: never a transient
+        # above both the old and the new amplitude.
+        if c > self._last_c:
+            self._f.write(f)
+            self._c.write(c)
+        else:
+            self._c.write(c)
+            self._f.write(f)
+        self._last_c = c
+        self._last_f = f
+
+    def write_channels(self, coarse, fine):
+        """Both channels as given (calibration measures the fine channel's real ratio)."""
+        self._c.write(0)
+        self._f.write(fine)
+        self._c.write(coarse)
+        self._last_c = coarse
+        self._last_f = fine
 
 
 class MCP4725:
@@ -31,6 +81,7 @@ class MCP4725:
         self._addr = address
         self._b = bytearray(2)
         self.max_code = 4095
+        self.full_scale = 4095
         self.write(0)
 
     def write(self, code):
@@ -63,7 +114,9 @@ class Hardware:
         self.en = Pin(p("STIM_EN"), Pin.OUT, value=0)
         self.pol = Pin(p("STIM_POL"), Pin.OUT, value=0)
         self.i2c = I2C(board.adc_bus, scl=Pin(p("I2C_SCL")), sda=Pin(p("I2C_SDA")), freq=400000)
-        if board.dac_kind == "internal":
+        if board.dac_kind == "internal_dual":
+            self.dac = DualDAC(p("DAC_AMP"), p("DAC_FINE"), board.dac_fine_ratio)
+        elif board.dac_kind == "internal":
             self.dac = InternalDAC(p("DAC_AMP"))
         else:
             self.dac = MCP4725(self.i2c, board.dac_address)

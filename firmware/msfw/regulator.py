@@ -1,6 +1,6 @@
-# Closed-loop amplitude: feed-forward from the board's nominal DAC-to-current gain,
-# scaled by a correction the loop learns from measured amplitudes, dithered so the mean
-# over a train is finer than one DAC step.
+# Closed-loop amplitude: feed-forward from the DAC-to-current line (the board's nominal
+# gain, or the device's calibration), scaled by a correction the loop learns from measured
+# amplitudes, dithered so the mean over a train is finer than one DAC step.
 #
 # Hot path (step, dac_code): integers only, nothing allocated; every intermediate stays
 # below 2**30 so the ESP32's 31-bit small ints never spill into heap-allocated big ints.
@@ -14,21 +14,55 @@ ONE_Q14 = const(16384)
 GAIN_MIN_Q14 = const(11469)  # 0.70
 GAIN_MAX_Q14 = const(23406)  # 1.43
 STEP_MAX_Q14 = const(328)  # at most 2 % per learning step
-# Until it has learned, the loop assumes the source gives 8 % more than nominal: it
-# approaches the target from below instead of overshooting by the board's gain error.
+# Until it has learned, an uncalibrated loop assumes the source gives 8 % more than
+# nominal: it approaches the target from below instead of overshooting by the board's
+# gain error. A calibrated one knows the line to a fraction of a percent.
 START_GAIN_Q14 = const(15073)  # 0.92
+START_GAIN_CAL_Q14 = const(16056)  # 0.98
+
+
+def fine_shift(ratio):
+    """Bits a fine DAC channel scaled by `ratio` adds: the largest n with 2**n <= 1/ratio."""
+    n = 0
+    while n < 8 and (2 << n) * ratio <= 1.0001:
+        n += 1
+    return n
+
+
+def dac_scale(board):
+    """(max_code, codes per DAC full scale) of the amplitude DAC, as hw.py writes it."""
+    if board.dac_kind == "internal_dual":
+        n = 1 << fine_shift(board.dac_fine_ratio)
+        return 255 * n + n - 1, 255 * n
+    full = (1 << board.dac_bits) - 1
+    return full, full
 
 
 class Regulator:
-    def __init__(self, board, cal_gain_q14=START_GAIN_Q14, cal_offset_cu=0):
-        ua_per_code = board.gain_ua_per_v * board.dac_vref_v / ((1 << board.dac_bits) - 1)
-        # Q8 DAC codes per cu, in Q12: dac_q8 = cmd_cu * ff_q12 >> 12
-        self.ff_q12 = int(4096 * 256 / (CU_PER_UA * ua_per_code) + 0.5)
-        self.dac_max = (1 << board.dac_bits) - 1
-        # Never command more than the board's ceiling (plus 5 % for the learned gain).
-        self.cmd_max_cu = int(board.ceiling_ua * 1.05 * CU_PER_UA)
-        self.gain_q14 = cal_gain_q14
-        self.offset_cu = cal_offset_cu
+    def __init__(self, board, ceiling_ua=None, cal=None):
+        self.dac_max, full = dac_scale(board)
+        if cal:
+            ua_per_code = cal["dac_ua_per_code"]
+            offset_ua = cal["dac_offset_ua"]
+            start = START_GAIN_CAL_Q14
+        else:
+            ua_per_code = board.gain_ua_per_v * board.dac_vref_v / full
+            offset_ua = 0.0
+            start = START_GAIN_Q14
+        ceiling = board.ceiling_ua if ceiling_ua is None else ceiling_ua
+        # Never command more than the ceiling (plus 5 % for the learned gain).
+        self.cmd_max_cu = int(ceiling * 1.05 * CU_PER_UA)
+        # Q8 DAC codes per cu, scaled by 2**ff_shift: dac_q8 = cmd_cu * ff >> ff_shift,
+        # with the largest shift that keeps cmd_max x ff below 2**29.
+        per_cu = 256 / (CU_PER_UA * ua_per_code)
+        sh = 16
+        while sh > 0 and (self.cmd_max_cu + 64) * per_cu * (1 << sh) >= (1 << 29):
+            sh -= 1
+        self.ff_shift = sh
+        self.ff = int(per_cu * (1 << sh) + 0.5)
+        # current = ua_per_code x code + offset_ua, so code = (current - offset) / ua_per_code.
+        self.offset_cu = -int(offset_ua * CU_PER_UA + (0.5 if offset_ua >= 0 else -0.5))
+        self.gain_q14 = start
         self.target_cu = 0
         self._sd = 0  # sigma-delta remainder (Q8)
         self._acc_cu = 0
@@ -44,17 +78,22 @@ class Regulator:
         if t <= 0:
             self._sd = 0
             return 0
-        cmd = (t * self.gain_q14 >> 14) + self.offset_cu
+        cmd = t * self.gain_q14 >> 14
         if cmd > self.cmd_max_cu:
             cmd = self.cmd_max_cu
+        cmd += self.offset_cu
         if cmd <= 0:
             return 0
-        q8 = cmd * self.ff_q12 >> 12
+        q8 = cmd * self.ff >> self.ff_shift
         code = q8 >> 8
         self._sd += q8 & 0xFF
         if self._sd >= 256:
             self._sd -= 256
-            code += 1
+            # One code up must keep the phase within 105 % of the mean it dithers around
+            # (1 + 1/32 + 1/64 = 1.047): true wherever the mean is at least ~21 codes; below
+            # that (an 8-bit DAC under ~50 uA) the phase stays at the lower code.
+            if (code + 1) << 8 <= q8 + (q8 >> 5) + (q8 >> 6):
+                code += 1
         if code > self.dac_max:
             code = self.dac_max
         return code

@@ -231,8 +231,9 @@ class Load:
 class FrontEnd:
     """Reference analog front end, as built, with its component errors.
 
-    DAC code -> DAC volts -> voltage-to-current source (gain, offset, hardware limit,
-    compliance voltage) -> shunt (unipolar side) -> H-bridge (EN gates, POL picks sign)
+    DAC code -> DAC volts (internal_dual: coarse + fine_ratio x fine channel) ->
+    voltage-to-current source (gain, offset, hardware limit, compliance voltage) ->
+    shunt (unipolar side) -> H-bridge (EN gates, POL picks sign)
     -> DC-blocking capacitor -> electrodes -> load.
     Monitors: AIN0 = shunt voltage, AIN1 = |output voltage| / divider, AIN2 = 0, AIN3 = 0.
     """
@@ -240,6 +241,14 @@ class FrontEnd:
     def __init__(self, fe, errors):
         self.dac_vref_v = fe.get("dac_vref_v", 3.3)
         self.dac_bits = fe.get("dac_bits", 8)
+        dac = fe.get("dac") or {}
+        # internal_dual: the second DAC channel reaches the source input through a
+        # resistor network that scales it by fine_ratio (nominally 1/16); the resistors'
+        # tolerance makes the real ratio differ, and the fine channel has its own offset.
+        self.fine_ratio = 0.0
+        if dac.get("kind") == "internal_dual":
+            self.fine_ratio = dac.get("fine_ratio", 0.0625) * (1.0 + errors.get("fine_ratio", 0.0))
+        self.fine_offset_v = errors.get("fine_dac_offset_v", 0.0)
         self.gain_ua_per_v = fe["source_gain_ua_per_v"] * (1.0 + errors.get("source_gain", 0.0))
         self.offset_ua = errors.get("source_offset_ua", 0.0)
         self.dac_gain = 1.0 + errors.get("dac_gain", 0.0)
@@ -253,9 +262,12 @@ class FrontEnd:
         self.fast_divider = fe.get("fast_load_divider", 15.0)
         self.fast_gain = 1.0 + errors.get("fast_adc_gain", 0.0)
 
-    def source_ua(self, dac_code):
-        v = dac_code * self.dac_vref_v / ((1 << self.dac_bits) - 1)
+    def source_ua(self, dac_code, fine_code=0):
+        full = (1 << self.dac_bits) - 1
+        v = dac_code * self.dac_vref_v / full
         v = v * self.dac_gain + self.dac_offset_v
+        if self.fine_ratio:
+            v += self.fine_ratio * (fine_code * self.dac_vref_v / full * self.dac_gain + self.fine_offset_v)
         if v < 0:
             v = 0.0
         i = v * self.gain_ua_per_v + self.offset_ua
@@ -320,6 +332,7 @@ class World:
         self.gpio_en = self.pins_by_name.get("STIM_EN")
         self.gpio_pol = self.pins_by_name.get("STIM_POL")
         self.gpio_dac = self.pins_by_name.get("DAC_AMP")
+        self.gpio_dac_fine = self.pins_by_name.get("DAC_FINE") if self.fe.fine_ratio else None
         self.dac_stuck = False
 
         ld = sim.get("load", {})
@@ -524,16 +537,17 @@ class World:
                 self._callback(handler, pin)
 
     def set_dac(self, gpio, code):
-        if gpio == self.gpio_dac:
+        if gpio == self.gpio_dac or (gpio == self.gpio_dac_fine and gpio is not None):
             self.sync()
         self.dac[gpio] = code
 
     # ---- analog ----------------------------------------------------------------------
     def source_ua(self):
         code = self.dac.get(self.gpio_dac, 0)
-        if self.dac_stuck:
+        if self.dac_stuck:  # the coarse (or only) DAC stuck at full scale
             code = (1 << self.fe.dac_bits) - 1
-        return self.fe.source_ua(code)
+        fine = self.dac.get(self.gpio_dac_fine, 0) if self.gpio_dac_fine is not None else 0
+        return self.fe.source_ua(code, fine)
 
     def _wave(self, gpio):
         src = self.out.get(gpio)
