@@ -1,20 +1,35 @@
 """The stimulation engine against SAFETY.md, on the virtual board. Every figure comes
 from the simulator's analog model (what flowed), never from the firmware's readings."""
 
+import functools
+import tempfile
+
 import numpy as np
 import pytest
-from microstim.vboard import run_headless
+from microstim.vboard.calibrated import calibrate, run_headless_calibrated
 from microstim.vboard.trace import F_OPEN
 
 SETPOINT = 200.0
 PROBE_UA = 10.0
 
 
+@functools.cache
+def calibration(board):
+    """The board's /calib.json, made once by the device's own routine (10 kohm reference)."""
+    with tempfile.TemporaryDirectory() as d:
+        c = calibrate(d, 10_000.0, board=board)
+    assert c["result"] and c["result"]["ok"], c["console"]
+    return c["file"]
+
+
 def run(tmp_path, events, *, seconds=8.0, config=None, board="virtual", sim=None):
+    """A session on a calibrated board (the virtual one; the others run uncalibrated)."""
     cfg = {"setpoint_ua": SETPOINT, "duration_s": 600, "program": "steady"}
     cfg.update(config or {})
     scenario = [{"at_s": 1.0, "event": "press"}, *events, {"at_s": seconds, "event": "stop"}]
-    trace, console, _ = run_headless(tmp_path, scenario, device_config=cfg, board=board, sim=sim)
+    cal = calibration(board) if board == "virtual" else None
+    trace, console, _ = run_headless_calibrated(tmp_path, scenario, cal, device_config=cfg, board=board,
+                                                sim=sim)
     return trace, console
 
 

@@ -11,10 +11,10 @@ from array import array
 import safe
 from micropython import const
 
-from msfw import programs, pulse
+from msfw import calib, programs, pulse
 from msfw.regulator import Regulator
 from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
-from msfw.supervisor import C_NONE, F_ADC, F_NONE, F_REGULATION, F_USB, Supervisor
+from msfw.supervisor import C_NONE, F_ADC, F_NONE, F_REGULATION, F_SELF_CHECK, F_USB, Supervisor
 
 S_IDLE = const(0)
 S_RAMP = const(1)
@@ -56,29 +56,42 @@ PROBE = {"freq_hz": 5, "phase_us": 3500, "gap_us": 200, "train_n": 1,
 
 
 class Engine:
-    def __init__(self, hw, cfg, cal=None):
+    def __init__(self, hw, cfg, cal=calib.STORED):
+        """cal: the device's calibration (calib.load()), read from flash by default; None
+        runs uncalibrated, at a reduced ceiling."""
         board = hw.board
         self.hw = hw
         self.cfg = cfg
         prog = cfg["program"]
         self.program = programs.validate(prog) if isinstance(prog, dict) else programs.get(prog)
+        if cal is calib.STORED:
+            cal = calib.load(board=board)
+        self.cal = cal or None
+        self.calibrated = self.cal is not None
+        # An uncalibrated board runs at a fraction of its ceiling: its current is only as
+        # good as the nominal component values (issue 6; `info` says so).
+        self.ceiling_ua = board.ceiling_ua if self.calibrated else board.ceiling_ua * calib.UNCALIBRATED_CEILING
         # Config can lower the ceiling, never raise it (SAFETY.md 1).
         sp = cfg["setpoint_ua"]
-        if sp > board.ceiling_ua:
-            sp = board.ceiling_ua
+        self.setpoint_capped = sp > self.ceiling_ua
+        if self.setpoint_capped:
+            sp = self.ceiling_ua
         self.setpoint_cu = int(sp * 32)
         dur = int(cfg["duration_s"] * 1000)
         self.duration_ms = dur if dur < MAX_DURATION_MS else MAX_DURATION_MS
         self.cue_ms = int(cfg["cue_s"] * 1000)
         self.level = LEVELS
-        gain_q14 = cal[0] if cal else 16384
-        offset_cu = cal[1] if cal else 0
-        self.reg = Regulator(board)
+        self.reg = Regulator(board, self.ceiling_ua, self.cal)
         self.new_period = False
         self.dac_pending = False
-        self.sup = Supervisor(board)
+        self.sup = Supervisor(board, self.ceiling_ua)
         self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
-        self.sampler.set_calibration(gain_q14, offset_cu)
+        if self.cal:
+            self.sampler.set_calibration(*calib.sampler_terms(self.cal))
+            k = self.cal.get("fine_k_q8")
+            if k and hasattr(hw.dac, "fine_k_q8"):
+                hw.dac.fine_k_q8 = k
+        self.check_failed = F_NONE  # a failed boot self-check refuses every session
         self.main_tl, self.main_timer = self._timing(self.program)
         self.probe_tl, self.probe_timer = self._timing(programs.validate(PROBE))
         self.tl = None
@@ -181,6 +194,9 @@ class Engine:
         if hw.usb_powered() and not hw.board.usb_isolated:
             self._emit(E_REFUSED, F_USB)
             return False
+        if self.check_failed != F_NONE:
+            self._emit(E_REFUSED, F_SELF_CHECK)
+            return False
         self.t0_ms = now_ms
         self.last_cue = now_ms
         self.last_learn = now_ms
@@ -220,6 +236,13 @@ class Engine:
             self.sup.fault = F_NONE
             self._emit(E_CLEARED, 0)
             self._set_state(S_IDLE)
+
+    def apply_self_check(self, result):
+        """The boot self-check's verdict (calib.self_check): a failure latches a fault and
+        refuses every session until the next boot checks again."""
+        if not result.get("ok", False):
+            self.check_failed = F_SELF_CHECK
+            self.trip(F_SELF_CHECK, result.get("code", 0))
 
     def trip(self, code, value=0):
         """A fault from outside the hot checks (I2C error, USB power)."""

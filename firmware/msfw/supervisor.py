@@ -14,9 +14,10 @@ F_ADC = const(3)  # the current cannot be measured
 F_CHARGE = const(4)  # the two polarities deliver different charge
 F_REGULATION = const(5)  # the front end does not respond as its board says
 F_USB = const(6)  # USB power on a board whose link is not isolated
+F_SELF_CHECK = const(7)  # the boot self-check found the ADC zero or the DAC zero out of tolerance
 
 FAULT_NAMES = ("none", "overcurrent", "short_circuit", "adc", "charge_imbalance",
-               "regulation", "usb_power")
+               "regulation", "usb_power", "self_check")
 
 # Contact events pause the output; it resumes after stable contact, with a soft start.
 C_NONE = const(0)
@@ -36,8 +37,9 @@ JUMP_DEN = const(5)
 
 
 class Supervisor:
-    def __init__(self, board):
-        self.ceiling_cu = int(board.ceiling_ua * 32)
+    def __init__(self, board, ceiling_ua=None):
+        """ceiling_ua: the ceiling in force (an uncalibrated board runs below the board's)."""
+        self.ceiling_cu = int((board.ceiling_ua if ceiling_ua is None else ceiling_ua) * 32)
         self.compliance_mv = int(board.compliance_v * 900)  # 90 % of compliance
         self.fault = F_NONE
         self.fault_value = 0

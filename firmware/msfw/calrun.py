@@ -1,0 +1,237 @@
+# The calibration routines behind msfw.calib.self_check and msfw.calib.run (see calib.py
+# for what is calibrated against what). Slow path only; imported for one call and dropped.
+from msfw.ads1115 import FSR_V, pga_for
+from msfw.calib import (
+    ADC_ZERO_MAX_UV,
+    CALIB_PATH,
+    DAC_ZERO_MAX_UA,
+    GAIN_TOLERANCE,
+    PAIRS,
+    PGA_ZERO,
+    R_REF_MAX_OHM,
+    R_REF_MIN_OHM,
+    REF_TOLERANCE,
+    UNCALIBRATED_CEILING,
+    VERSION,
+    CalibrationError,
+    _nominal_ua_per_code,
+    _plausible,
+    save,
+)
+from msfw.regulator import dac_scale
+from msfw.sampler import PGA_SHUNT
+
+SETTLE_US = 300  # after EN before a conversion starts
+GAP_US = 300
+CONV_WAIT_US = 1203  # one 860 SPS conversion plus wake-up
+
+
+def _convert(hw, ch, pga):
+    adc = hw.adc
+    adc.start(ch, pga)
+    hw.sleep_us(CONV_WAIT_US)
+    t0 = hw.ticks_ms()
+    while adc.busy():
+        if hw.ticks_diff(hw.ticks_ms(), t0) > 20:
+            raise CalibrationError("adc: a conversion did not finish (is the ADS1115 wired?)")
+        hw.sleep_us(50)
+    return adc.read_raw()
+
+
+def _feed(hw):
+    if hw.wdt is not None:
+        hw.wdt.feed()
+
+
+def _shunt_ua(board, raw):
+    """The sampler's nominal conversion of a shunt reading, in uA (same integer scale)."""
+    q8 = int(FSR_V[PGA_SHUNT] / 32768 / board.shunt_ohm * 1e6 * 32 * 256 + 0.5)
+    return raw * q8 / 256 / 32
+
+
+def _phases(hw, ch, pga, pairs, limit_raw=None):
+    """Alternating +/- phases at the DAC's present level, one conversion of AIN<ch> in each;
+    the mean raw reading. limit_raw: stop at once on a reading above it (overcurrent)."""
+    total = 0
+    for k in range(2 * pairs):
+        hw.pol.value(k & 1)  # only ever switched with EN low
+        hw.en.value(1)
+        hw.sleep_us(SETTLE_US)
+        try:
+            raw = _convert(hw, ch, pga)
+        finally:
+            hw.en.value(0)
+        if limit_raw is not None and raw > limit_raw:
+            raise CalibrationError("overcurrent during calibration (reading %d > %d): output off"
+                                   % (raw, limit_raw))
+        total += raw
+        _feed(hw)
+        hw.sleep_us(GAP_US)
+    return total / (2 * pairs)
+
+
+def _mean_off(hw, ch, pga, n):
+    """Mean reading with the output off (the ADC's zero)."""
+    hw.output_off()
+    total = 0
+    for _ in range(n):
+        total += _convert(hw, ch, pga)
+    _feed(hw)
+    return total / n
+
+
+def _set(hw, code, fine=None):
+    if fine is None:
+        hw.dac.write(code)
+    else:
+        hw.dac.write_channels(code, fine)
+
+
+# ---- the boot self-check -----------------------------------------------------------------
+
+def self_check(hw, dac_zero=True):
+    """See calib.self_check."""
+    b = hw.board
+    faults = []
+    lsb_uv = FSR_V[PGA_ZERO] / 32768 * 1e6
+    zs = _mean_off(hw, b.shunt_channel, PGA_ZERO, 8) * lsb_uv
+    zl = _mean_off(hw, b.load_channel, PGA_ZERO, 8) * lsb_uv
+    value = 0
+    if abs(zs) > ADC_ZERO_MAX_UV:
+        faults.append("adc_zero_shunt")
+        value = int(zs)
+    if abs(zl) > ADC_ZERO_MAX_UV:
+        faults.append("adc_zero_load")
+        value = value or int(zl)
+    dz = None
+    if dac_zero:
+        import safe
+
+        safe.set_armed(True)
+        try:
+            _set(hw, 0)
+            limit = int(DAC_ZERO_MAX_UA * 8 / _shunt_ua(b, 1)) + 1
+            try:
+                raw = _phases(hw, b.shunt_channel, PGA_SHUNT, 1, limit * 4)
+                dz = _shunt_ua(b, raw) - zs / b.shunt_ohm
+            except CalibrationError:
+                dz = DAC_ZERO_MAX_UA * 4
+        finally:
+            hw.output_off()
+            safe.set_armed(False)
+        if dz > DAC_ZERO_MAX_UA:
+            faults.append("dac_zero")
+            value = value or int(dz * 32)
+    return {"ok": not faults, "faults": faults, "adc_zero_uv": [round(zs, 1), round(zl, 1)],
+            "dac_zero_ua": None if dz is None else round(dz, 2), "value": value}
+
+
+# ---- calibration against a reference resistor ---------------------------------------------
+
+def run(hw, r_ref_ohm, save_to=CALIB_PATH, pairs=PAIRS):
+    """See calib.run."""
+    import safe
+
+    try:
+        safe.set_armed(True)  # from here only this loop feeds the watchdog
+        res = _run(hw, float(r_ref_ohm), pairs)
+    except CalibrationError as e:
+        return {"ok": False, "error": str(e)}
+    finally:
+        hw.output_off()
+        safe.set_armed(False)
+    if save_to:
+        save(res, save_to)
+    return res
+
+
+def _run(hw, r_ref, pairs):
+    b = hw.board
+    if not (R_REF_MIN_OHM <= r_ref <= R_REF_MAX_OHM):
+        raise CalibrationError("r_ref_ohm = %s is outside %d..%d" % (r_ref, R_REF_MIN_OHM, R_REF_MAX_OHM))
+    max_code, full = dac_scale(b)
+    nominal = _nominal_ua_per_code(b)
+    hi_ua = b.ceiling_ua * UNCALIBRATED_CEILING
+    if hi_ua > 0.8 * b.compliance_v / r_ref * 1e6:
+        hi_ua = 0.8 * b.compliance_v / r_ref * 1e6
+    lo_ua = 0.2 * hi_ua
+    # Trip on any shunt reading above the calibration's top current plus the source's
+    # possible gain error (20 %) and 5 uA.
+    limit_raw = int((hi_ua * 1.2 + 5) / _shunt_ua(b, 1))
+    div = b.load_divider
+    pga_load = pga_for(hi_ua * 1.3 * r_ref * 1e-6 / div)
+    lsb_load = FSR_V[pga_load] / 32768
+    # ADC zeros with the output off (the load channel's is subtracted from the reference).
+    zero_load = _mean_off(hw, b.load_channel, pga_load, 16)
+    zero_shunt = _mean_off(hw, b.shunt_channel, PGA_SHUNT, 16)
+
+    def point(code, fine=None):
+        _set(hw, code, fine)
+        s = _phases(hw, b.shunt_channel, PGA_SHUNT, pairs, limit_raw)  # current first: the trip
+        v = _phases(hw, b.load_channel, pga_load, pairs)
+        hw.dac.write(0)
+        i_true = (v - zero_load) * lsb_load * div / r_ref * 1e6
+        return i_true, _shunt_ua(b, s)
+
+    # The reference must be there: at a low current the load must look like r_ref.
+    code_lo = int(lo_ua / nominal)
+    i_true, i_adc = point(code_lo)
+    if i_adc < 0.3 * lo_ua:
+        raise CalibrationError("no current flows (%.1f uA at a nominal %.0f uA): put the reference "
+                               "resistor across the probes" % (i_adc, lo_ua))
+    z = r_ref * i_true / i_adc
+    if abs(z - r_ref) > REF_TOLERANCE * r_ref:
+        raise CalibrationError("the load is %d ohm, not the %d ohm reference: check the resistor "
+                               "and that nobody touches the probes" % (z, r_ref))
+    dac_zero_i, _ = point(0)
+    fine_k = None
+    ratio = None
+    if b.dac_kind == "internal_dual":
+        # The fine channel's real scale: F fine codes against `steps` coarse codes.
+        n = (max_code + 1) // 256
+        steps = 255 // n
+        f = steps * n
+        c1 = int(lo_ua / nominal) // n
+        ia, _ = point(c1, 0)
+        ib, _ = point(c1 + steps, 0)
+        ic, _ = point(c1, f)
+        if ib - ia <= 0:
+            raise CalibrationError("the coarse DAC does not move the current (%.2f -> %.2f uA)" % (ia, ib))
+        ratio = (ic - ia) / (ib - ia) * steps / f
+        if abs(ratio * n - 1) > GAIN_TOLERANCE:
+            raise CalibrationError("the fine DAC's ratio is %.4f, not about 1/%d: check its resistor network"
+                                   % (ratio, n))
+        fine_k = int(256 / (n * ratio) + 0.5)
+        hw.dac.fine_k_q8 = fine_k
+    # Two points on the whole code, then a third to see how straight the line is.
+    code_hi = int(hi_ua / nominal)
+    code_lo = int(lo_ua / nominal)
+    i_lo, a_lo = point(code_lo)
+    i_hi, a_hi = point(code_hi)
+    g = (i_hi - i_lo) / (code_hi - code_lo)
+    off = i_lo - g * code_lo
+    ag = (i_hi - i_lo) / (a_hi - a_lo)
+    aoff = i_lo - ag * a_lo
+    code_mid = (code_lo + code_hi) // 2
+    i_mid, a_mid = point(code_mid)
+    res = {
+        "version": VERSION, "board": b.name, "r_ref_ohm": r_ref,
+        "dac_ua_per_code": g, "dac_offset_ua": off,
+        "adc_gain": ag, "adc_offset_ua": aoff,
+        "fine_k_q8": fine_k, "fine_ratio": ratio,
+        "points_ua": [[code_lo, round(i_lo, 3), round(a_lo, 3)], [code_hi, round(i_hi, 3), round(a_hi, 3)]],
+        "dac_residual_ua": round(i_mid - (g * code_mid + off), 3),
+        "adc_residual_ua": round(ag * a_mid + aoff - i_mid, 3),
+        "dac_zero_ua": round(dac_zero_i, 3),
+        "adc_zero_uv": [round(zero_shunt * FSR_V[PGA_SHUNT] / 32768 * 1e6, 1),
+                        round(zero_load * lsb_load * 1e6, 1)],
+        "dac_gain_vs_nominal": round(g / nominal, 5),
+        "adc_gain_vs_nominal": round(ag, 5),
+        "ok": True,
+    }
+    if not _plausible(b, res):
+        raise CalibrationError("the front end is not what the board says: DAC %.3f x nominal, ADC "
+                               "%.3f x nominal (allowed 1 +- %s)" % (g / nominal, ag, GAIN_TOLERANCE))
+    if dac_zero_i > DAC_ZERO_MAX_UA:
+        raise CalibrationError("%.1f uA flow with the DAC at zero (limit %.1f uA)" % (dac_zero_i, DAC_ZERO_MAX_UA))
+    return res
