@@ -932,16 +932,65 @@ def boot(cfg_path, reset_cause):
 # Flash: LittleFS on a file-backed block device, like an ESP32's vfs partition.
 
 
-class FileBlockDev:
-    """NOR-flash-like block device over a host file (4096-byte erase blocks)."""
+class PowerCut(OSError):
+    """The flash lost power in the middle of an operation (raised by FileBlockDev)."""
 
-    def __init__(self, f, block_size, blocks):
+
+class FileBlockDev:
+    """NOR-flash-like block device over a host file (4096-byte erase blocks).
+
+    Power cuts: with `cut_after` set to N, the device programs (and erases) N more bytes,
+    then loses power: the operation in flight is torn (only its first bytes land, an
+    erase leaves only the start of its block erased) and it and every later operation
+    raise PowerCut (an OSError, EIO), as a flash chip that lost power would stop answering.
+    An erase counts as block_size bytes, so a cut at a random byte lands in erases in
+    proportion to the time a chip spends erasing. `programmed` counts bytes since creation.
+
+    Time: with a world, each operation stalls the CPU for the time a typical ESP32
+    module's SPI NOR flash takes (sector erase 45 ms, page program 0.7 ms per 256-byte
+    page; reads are not charged): the clock jumps forward without running soft timers,
+    as a stalled CPU runs none; what fell due runs late, at the next clock advance."""
+
+    ERASE_US = 45000
+    PAGE_US = 700
+    PAGE = 256
+
+    def __init__(self, f, block_size, blocks, world=None):
         self.f = f
         self.bs = block_size
         self.n = blocks
         self._erased = b"\xff" * block_size  # one buffer for every erase
+        self.world = world
+        self.cut_after = -1  # bytes still allowed before the power cut; -1: never
+        self.dead = False
+        self.programmed = 0
+        self.erases = 0
+        self.stall_us = 0
+
+    def _stall(self, us):
+        self.stall_us += us
+        w = self.world
+        if w is not None:
+            w.now_us += us
+
+    def _allow(self, nbytes):
+        """How many of nbytes land before the power cut (nbytes when there is none)."""
+        if self.dead:
+            raise PowerCut(5, "flash: power cut")
+        if self.cut_after < 0 or nbytes < self.cut_after:
+            if self.cut_after >= 0:
+                self.cut_after -= nbytes
+            self.programmed += nbytes
+            return nbytes
+        k = self.cut_after
+        self.cut_after = 0
+        self.programmed += k
+        self.dead = True
+        return k
 
     def readblocks(self, block, buf, off=0):
+        if self.dead:
+            raise PowerCut(5, "flash: power cut")
         self.f.seek(block * self.bs + off)
         self.f.readinto(buf)
 
@@ -949,11 +998,23 @@ class FileBlockDev:
         if off is None:
             # Simple interface: erase then program whole blocks.
             off = 0
+        n = len(buf)
+        k = self._allow(n)
         self.f.seek(block * self.bs + off)
-        self.f.write(buf)
+        if k == n:
+            self.f.write(buf)
+        else:
+            self.f.write(memoryview(buf)[:k])  # torn: only the first k bytes landed
+            self.f.flush()
+            raise PowerCut(5, "flash: power cut while programming")
+        first = (block * self.bs + off) // self.PAGE
+        last = (block * self.bs + off + n - 1) // self.PAGE
+        self._stall((last - first + 1) * self.PAGE_US)
 
     def ioctl(self, op, arg):
         if op == 3:  # sync
+            if self.dead:
+                raise PowerCut(5, "flash: power cut")
             self.f.flush()
             return 0
         if op == 4:
@@ -961,9 +1022,16 @@ class FileBlockDev:
         if op == 5:
             return self.bs
         if op == 6:  # erase
+            k = self._allow(self.bs)
             self.f.seek(arg * self.bs)
-            self.f.write(self._erased)
-            return 0
+            self.erases += 1
+            if k == self.bs:
+                self.f.write(self._erased)
+                self._stall(self.ERASE_US)
+                return 0
+            self.f.write(memoryview(self._erased)[:k])  # torn erase
+            self.f.flush()
+            raise PowerCut(5, "flash: power cut while erasing")
         return None
 
 
@@ -1020,6 +1088,9 @@ def mount_flash(w):
     os.umount("/")
     os.mount(vfs, "/")
     w.flash_file = f
+    # From here flash writes cost virtual time (provisioning stands for a deploy, not a boot).
+    bdev.world = w
+    w.flash = bdev
 
 
 _ballast = None

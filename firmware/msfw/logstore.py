@@ -1,0 +1,614 @@
+# The session log: append-only, checksummed records in rotating segment files under /log.
+# The format, the power-cut argument and the flush policy are in firmware/LOGFORMAT.md.
+#
+# Two sides, so logging never delays the stimulation hot path:
+#   * the recording calls (event, sample, tick, session_start, session_end) are O(1) and
+#     allocate nothing: they encode plain ints into a preallocated RAM queue;
+#   * flush(max_bytes) writes queued records to flash, each committed (synced) on its
+#     own, so a power cut loses at most the record in flight. On an ESP32 a flash erase
+#     stalls the CPU for tens of ms: the app flushes only while the output is off.
+# The checksum (CRC32) is computed at flush: binascii.crc32 returns a 32-bit value,
+# which on a 32-bit port is a heap-allocated int three times in four.
+#
+# Imports under CPython too: the host decoder shares these constants and check_record().
+import binascii
+import os
+
+try:
+    import time as _time
+
+    EPOCH_YEAR = _time.gmtime(0)[0]  # 2000 on the ESP32 port, 1970 on unix and CPython
+except (ImportError, AttributeError):  # pragma: no cover
+    EPOCH_YEAR = 2000
+
+FORMAT_VERSION = 1
+MAGIC = 0xA7
+HDR = 7  # magic, type, payload length, seq (u32 LE)
+TAIL = 4  # CRC32 (LE) of the header and the payload
+OVERHEAD = HDR + TAIL
+MAX_PAYLOAD = 255
+
+# Record types.
+T_SEG = 1  # first record of every segment: log id, segment id, format, epoch
+T_BOOT = 2
+T_START = 3
+T_SUMMARY = 4  # a block of 1 Hz summaries
+T_END = 5
+T_EVENT = 6
+TYPE_NAMES = ("", "segment", "boot", "session_start", "summary", "session_end", "event")
+
+# Event kinds (stable codes: the host decodes them by these numbers).
+EV_CONTACT_LOST = 1  # value: contact reason (supervisor C_*)
+EV_CONTACT_OK = 2  # value: the reason the contact had been lost
+EV_INTENSITY = 3  # value: new level (1..5)
+EV_FAULT = 4  # value: fault code (supervisor F_*), value2: the fault's measured value
+EV_FAULT_CLEARED = 5
+EV_USB_POWER = 6  # value: 1 present, 0 removed
+EV_CALIBRATION = 7  # value: gain (Q14), value2: offset (1/32 uA)
+EV_REFUSED = 8  # value: reason (supervisor F_*)
+EV_CLOCK_SET = 9  # value: RTC before, value2: RTC after (device seconds)
+EV_LOG_RECOVERY = 10  # value: torn bytes dropped, value2: segment id
+EV_LOG_OVERFLOW = 11  # value: records dropped because the RAM queue was full
+EV_CONFIG_ERROR = 12
+EVENT_NAMES = ("", "contact_lost", "contact_restored", "intensity", "fault", "fault_cleared",
+               "usb_power", "calibration", "refused", "clock_set", "log_recovery",
+               "log_overflow", "config_error")
+
+# Session end reasons: 0..2 are the engine's END_* codes.
+END_BUTTON = 0
+END_AUTO_OFF = 1
+END_HOST = 2
+END_FAULT = 3
+END_NAMES = ("button", "auto_off", "host", "fault")
+
+# Program codes in a session start record (a config-defined program is "custom").
+PROGRAM_NAMES = ("custom", "lift", "tone", "steady", "fine", "pulse3")
+
+# Summary entry flags (low 3 bits: the engine state at the end of the second).
+SF_NO_SAMPLES = 0x08  # no current sample in that second: no current fields follow
+SF_TARGET = 0x10  # the commanded current changed: its delta follows
+SF_SAME_I = 0x20  # mean, min and max as in the second before: no current fields follow
+SF_SAME_Z = 0x40  # impedance as in the second before: no impedance field follows
+SUMMARY_MAX_S = 32  # seconds per summary block
+_ENTRY_MAX = 1 + 5 + 5 + 5 + 5 + 5
+_BLOCK_HDR_MAX = 5 + 5 + 1
+
+# Flash: LittleFS blocks of 4096 bytes. A file of 4 blocks holds 4 x 4096 bytes less its
+# skip-list pointers (12 bytes); a segment stays below that with margin.
+FS_BLOCK = 4096
+SEG_BYTES = 4 * FS_BLOCK - 64
+BUDGET_BYTES = 512 * 1024
+# Outside the segments' blocks: the /log directory's metadata pair (2 blocks) and the
+# block LittleFS copies an appended-to tail block into before it frees the old one.
+RESERVE_BLOCKS = 3
+QUEUE_BYTES = 8192  # RAM queue: a 20-minute session's summaries fit (about 6 KB)
+
+TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 port
+_TICKS_MASK = TICKS_PERIOD - 1
+_TICKS_HALF = TICKS_PERIOD >> 1
+
+
+def _diff(a, b):
+    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
+
+
+def _put_uv(b, i, v):
+    """Unsigned varint (LEB128), v >= 0."""
+    while v >= 0x80:
+        b[i] = (v & 0x7F) | 0x80
+        v >>= 7
+        i += 1
+    b[i] = v
+    return i + 1
+
+
+def _put_sv(b, i, v):
+    """Signed varint, sign-magnitude: the first byte holds the sign (bit 0) and 6 bits,
+    the rest 7 bits each. Never forms 2 * v, so any small int encodes without a big int."""
+    s = 0
+    if v < 0:
+        s = 1
+        v = -v
+    x = ((v & 0x3F) << 1) | s
+    v >>= 6
+    if v:
+        x |= 0x80
+    b[i] = x
+    i += 1
+    while v:
+        x = v & 0x7F
+        v >>= 7
+        if v:
+            x |= 0x80
+        b[i] = x
+        i += 1
+    return i
+
+
+def _put_u32(b, i, v):
+    b[i] = v & 0xFF
+    b[i + 1] = (v >> 8) & 0xFF
+    b[i + 2] = (v >> 16) & 0xFF
+    b[i + 3] = (v >> 24) & 0xFF
+    return i + 4
+
+
+def _u32(b, i):
+    return b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)
+
+
+def check_record(buf, pos, end):
+    """The length of the valid record at buf[pos], 0 if it runs past `end` (incomplete),
+    -1 if there is no valid record there (bad magic or checksum)."""
+    if buf[pos] != MAGIC:
+        return -1
+    if pos + HDR > end:
+        return 0
+    n = OVERHEAD + buf[pos + 2]
+    if pos + n > end:
+        return 0
+    crc = binascii.crc32(memoryview(buf)[pos:pos + n - TAIL]) & 0xFFFFFFFF
+    return n if crc == _u32(buf, pos + n - TAIL) else -1
+
+
+def record_seq(buf, pos):
+    return _u32(buf, pos + 3)
+
+
+def blocks_for(size):
+    """LittleFS blocks a file of `size` bytes occupies (skip-list pointers included)."""
+    b = (size + (size >> 9) + FS_BLOCK - 1) // FS_BLOCK
+    return b if b > 0 else 1
+
+
+def program_info(name, prog):
+    """Slow path (at config load): the program as a tuple of ints for session_start."""
+    code = 0
+    if isinstance(name, str):
+        for i in range(len(PROGRAM_NAMES)):
+            if PROGRAM_NAMES[i] == name:
+                code = i
+    return (code, int(prog["freq_hz"] * 1000 + 0.5), int(prog["phase_us"]), int(prog["gap_us"]),
+            int(prog["train_n"]), int(prog["train_on_ms"]), int(prog["train_off_ms"]))
+
+
+class LogStore:
+    def __init__(self, root="/log", budget_bytes=BUDGET_BYTES, seg_bytes=SEG_BYTES,
+                 queue_bytes=QUEUE_BYTES):
+        self.root = root
+        self.budget_blocks = budget_bytes // FS_BLOCK
+        self.seg_bytes = seg_bytes
+        self._q = bytearray(queue_bytes)
+        self._qmv = memoryview(self._q)
+        self._qcap = queue_bytes
+        self._qn = 0
+        self._rec = 0
+        self._blk = bytearray(MAX_PAYLOAD)  # the open summary block's entries
+        self._bn = 0
+        self._bcount = 0
+        self.seq = 0  # sequence number of the next record written to flash
+        self.log_id = 0
+        self.dropped = 0  # records refused since the last flush (RAM queue full)
+        self.write_error = 0  # errno of the last failed flash write, 0 if none
+        self.recovered_bytes = 0
+        self._ids = []
+        self._sizes = []
+        self._rtc = 0
+        self._since_start = 0
+        # Session and the second being summarised.
+        self.in_session = False
+        self._t0_ms = 0
+        self._sec_t0 = 0
+        self._sec_i = 0
+        self._blk_t0 = 0
+        self._n = 0
+        self._sum = 0
+        self._mn = 0
+        self._mx = 0
+        self._pmean = 0
+        self._plo = 0
+        self._phi = 0
+        self._pz = 0
+        self._ptgt = 0
+        self._pstate = 0
+
+    # ---- boot (slow path) -----------------------------------------------------------
+    def _path(self, seg_id):
+        return "%s/%08x.seg" % (self.root, seg_id)
+
+    def open(self, rtc_s=0):
+        """Boot: find the segments, repair the newest if a power cut tore it, set the next
+        sequence number. Reads the newest segment (at most seg_bytes). Returns the number
+        of torn bytes dropped (also logged as a log_recovery event)."""
+        self._rtc = rtc_s
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass
+        ids = []
+        for name in os.listdir(self.root):
+            if name.endswith(".tmp"):  # a repair that a power cut interrupted
+                os.remove(self.root + "/" + name)
+            elif name.endswith(".seg") and len(name) == 12:
+                try:
+                    ids.append(int(name[:8], 16))
+                except ValueError:
+                    pass
+        ids.sort()
+        self._ids = ids
+        self._sizes = [os.stat(self._path(i))[6] for i in ids]
+        if not ids:
+            self.log_id = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
+            self._create(1)
+            return 0
+        return self._recover()
+
+    def _scan(self, seg_id):
+        """(buf, log id or -1, next seq or -1, end of the last valid record)."""
+        path = self._path(seg_id)
+        size = os.stat(path)[6]
+        buf = bytearray(size)
+        with open(path, "rb") as f:
+            f.readinto(buf)
+        pos = 0
+        end_ok = 0
+        log_id = -1
+        nxt = -1
+        while pos < size:
+            n = check_record(buf, pos, size)
+            if n <= 0:
+                pos += 1  # resynchronise on the next valid record
+                continue
+            if buf[pos + 1] == T_SEG:
+                if pos == 0:
+                    log_id = _u32(buf, pos + HDR)
+                if nxt < 0:
+                    nxt = record_seq(buf, pos)
+            else:
+                nxt = record_seq(buf, pos) + 1
+            pos += n
+            end_ok = pos
+        return buf, log_id, nxt, end_ok
+
+    def _recover(self):
+        seg_id = self._ids[-1]
+        buf, log_id, nxt, end_ok = self._scan(seg_id)
+        size = len(buf)
+        if log_id < 0 or nxt < 0:
+            # No valid header: created, then cut before its header was committed.
+            prev = self._scan(self._ids[-2]) if len(self._ids) > 1 else None
+            if prev is not None and prev[1] >= 0:
+                log_id = prev[1]
+                nxt = prev[2] if prev[2] >= 0 else 0
+            elif log_id < 0:
+                log_id = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
+            if nxt < 0:
+                nxt = 0
+        self.log_id = log_id
+        self.seq = nxt
+        dropped = size - end_ok
+        if end_ok == 0:
+            # Nothing valid in it: start it afresh (its id is kept, never reused).
+            self._ids.pop()
+            self._sizes.pop()
+            self._create(seg_id, replace=True)
+        elif dropped:
+            # Torn tail: keep the valid prefix. Written aside, then renamed over the
+            # segment: a power cut during the repair leaves the original (plus a .tmp
+            # that the next boot removes), never half of each.
+            tmp = self._path(seg_id)[:-4] + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(memoryview(buf)[:end_ok])
+                f.flush()
+            os.rename(tmp, self._path(seg_id))
+            self._sizes[-1] = end_ok
+        if dropped:
+            self.recovered_bytes = dropped
+            self.event(EV_LOG_RECOVERY, self._rtc, 0, dropped, seg_id)
+        return dropped
+
+    def _create(self, seg_id, replace=False):
+        """A new segment whose first record is its header; committed before use."""
+        b = bytearray(OVERHEAD + 11)
+        b[0] = MAGIC
+        b[1] = T_SEG
+        b[2] = 11
+        _put_u32(b, 3, self.seq)  # the seq of the first record that will follow
+        i = _put_u32(b, HDR, self.log_id)
+        i = _put_u32(b, i, seg_id)
+        b[i] = FORMAT_VERSION
+        b[i + 1] = EPOCH_YEAR & 0xFF
+        b[i + 2] = EPOCH_YEAR >> 8
+        _put_u32(b, len(b) - TAIL, binascii.crc32(memoryview(b)[:len(b) - TAIL]) & 0xFFFFFFFF)
+        path = self._path(seg_id)
+        if replace:
+            tmp = path[:-4] + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(b)
+                f.flush()
+            os.rename(tmp, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(b)
+                f.flush()
+        self._ids.append(seg_id)
+        self._sizes.append(len(b))
+
+    def boot(self, rtc_s, reset_cause, version="", board=""):
+        """The boot record (slow path): reset cause, firmware version, board name."""
+        i = self._begin(T_BOOT, 4 + 1 + 2 + 2 + 32)
+        if i < 0:
+            return
+        q = self._q
+        i = _put_u32(q, i, rtc_s)
+        q[i] = reset_cause & 0xFF
+        q[i + 1] = EPOCH_YEAR & 0xFF
+        q[i + 2] = EPOCH_YEAR >> 8
+        i += 3
+        for s in (version, board):
+            s = s.encode()[:16]
+            q[i] = len(s)
+            i += 1
+            for c in s:
+                q[i] = c
+                i += 1
+        self._rtc = rtc_s
+        self._end(i)
+
+    # ---- recording: hot path, O(1), allocation-free ---------------------------------
+    def _begin(self, rtype, maxlen):
+        i = self._qn
+        if i + OVERHEAD + maxlen > self._qcap:
+            self.dropped += 1
+            return -1
+        q = self._q
+        q[i] = MAGIC
+        q[i + 1] = rtype
+        self._rec = i
+        return i + HDR  # seq and checksum are filled in at flush
+
+    def _end(self, j):
+        i = self._rec
+        self._q[i + 2] = j - i - HDR
+        self._qn = j + TAIL
+        self._since_start += 1
+
+    def event(self, kind, rtc_s, now_ms, value=0, value2=0):
+        """An event; inside a session its time is also kept to the ms."""
+        i = self._begin(T_EVENT, 1 + 4 + 5 + 5 + 5)
+        if i < 0:
+            return
+        q = self._q
+        q[i] = kind
+        i = _put_u32(q, i + 1, rtc_s)
+        self._rtc = rtc_s
+        t = _diff(now_ms, self._t0_ms) + 1 if self.in_session else 0
+        i = _put_uv(q, i, t if t > 0 else 0)
+        i = _put_sv(q, i, value)
+        i = _put_sv(q, i, value2)
+        self._end(i)
+
+    def session_start(self, rtc_s, now_ms, prog, setpoint_ua, duration_s, cue_s, level):
+        """prog: program_info(...). Starts the 1 Hz summaries."""
+        if self.in_session:
+            self.session_end(rtc_s, now_ms, END_HOST, 0)
+        i = self._begin(T_START, 4 + 1 + 6 * 5 + 3 * 5 + 1)
+        self._since_start = 0
+        if i >= 0:
+            q = self._q
+            i = _put_u32(q, i, rtc_s)
+            q[i] = prog[0]
+            i += 1
+            for k in range(1, 7):
+                i = _put_uv(q, i, prog[k])
+            i = _put_uv(q, i, setpoint_ua)
+            i = _put_uv(q, i, duration_s)
+            i = _put_uv(q, i, cue_s)
+            q[i] = level
+            self._end(i + 1)
+            self._since_start = 0
+        self._rtc = rtc_s
+        self.in_session = True
+        self._t0_ms = now_ms
+        self._sec_t0 = now_ms
+        self._sec_i = 0
+        self._bn = 0
+        self._bcount = 0
+        self._n = 0
+        self._sum = 0
+        self._pz = 0
+        self._ptgt = 0
+        self._pstate = 1  # ramping
+
+    def sample(self, i_cu):
+        """A measured current amplitude (1/32 uA), as the sampler produced it."""
+        n = self._n
+        if n == 0:
+            self._mn = i_cu
+            self._mx = i_cu
+        elif i_cu < self._mn:
+            self._mn = i_cu
+        elif i_cu > self._mx:
+            self._mx = i_cu
+        self._n = n + 1
+        self._sum += i_cu
+
+    def tick(self, now_ms, state, z_ohm, target_cu):
+        """Every loop pass during a session: closes the second when it is over."""
+        if self.in_session and _diff(now_ms, self._sec_t0) >= 1000:
+            self._sec_t0 = (self._sec_t0 + 1000) & _TICKS_MASK
+            self._second(state, z_ohm, target_cu)
+
+    def _second(self, state, z_ohm, target_cu):
+        b = self._blk
+        first = self._bcount == 0  # a block's first entry carries all its values
+        if first:
+            self._blk_t0 = self._sec_i
+            self._pmean = 0
+            self._pz = 0
+            self._ptgt = 0
+        i = self._bn
+        j = i + 1
+        n = self._n
+        flags = state & 7
+        if n == 0:
+            flags |= SF_NO_SAMPLES
+        else:
+            mean = ((self._sum + (n >> 1)) // n + 4) >> 3  # quarter uA
+            lo = mean - ((self._mn + 4) >> 3)
+            hi = ((self._mx + 4) >> 3) - mean
+            if not first and mean == self._pmean and lo == self._plo and hi == self._phi:
+                flags |= SF_SAME_I  # a steady second costs one byte
+            else:
+                j = _put_sv(b, j, mean - self._pmean)
+                j = _put_uv(b, j, lo)
+                j = _put_uv(b, j, hi)
+                self._pmean = mean
+                self._plo = lo
+                self._phi = hi
+        z = (z_ohm + 8) >> 4  # 16-ohm units
+        if not first and z == self._pz:
+            flags |= SF_SAME_Z
+        else:
+            j = _put_sv(b, j, z - self._pz)
+            self._pz = z
+        tgt = (target_cu + 4) >> 3
+        if tgt != self._ptgt:
+            flags |= SF_TARGET
+            j = _put_sv(b, j, tgt - self._ptgt)
+            self._ptgt = tgt
+        b[i] = flags
+        self._pstate = state
+        self._bn = j
+        self._bcount += 1
+        self._sec_i += 1
+        self._n = 0
+        self._sum = 0
+        if self._bcount >= SUMMARY_MAX_S or j + _ENTRY_MAX > MAX_PAYLOAD - _BLOCK_HDR_MAX:
+            self._seal()
+
+    def _seal(self):
+        """The open summary block becomes a record in the queue."""
+        cnt = self._bcount
+        if cnt == 0:
+            return
+        bn = self._bn
+        i = self._begin(T_SUMMARY, _BLOCK_HDR_MAX + bn)
+        self._bn = 0
+        self._bcount = 0
+        if i < 0:
+            return
+        q = self._q
+        i = _put_uv(q, i, self._since_start + 1)  # seq distance back to the session start
+        i = _put_uv(q, i, self._blk_t0)  # seconds since the session started
+        q[i] = cnt
+        i += 1
+        b = self._blk
+        for k in range(bn):
+            q[i + k] = b[k]
+        self._end(i + bn)
+
+    def session_end(self, rtc_s, now_ms, reason, gain_q14=0):
+        """Closes the last (partial) second, the summary block and the session."""
+        if not self.in_session:
+            return
+        if self._n:  # the last, partial second
+            self._second(self._pstate, self._pz << 4, self._ptgt << 3)
+        self._seal()
+        i = self._begin(T_END, 1 + 4 + 5 + 5 + 5)
+        if i >= 0:
+            q = self._q
+            q[i] = reason
+            i = _put_u32(q, i + 1, rtc_s)
+            d = _diff(now_ms, self._t0_ms)
+            i = _put_uv(q, i, d if d > 0 else 0)
+            i = _put_uv(q, i, self._sec_i)
+            i = _put_uv(q, i, gain_q14)
+            self._end(i)
+        self._rtc = rtc_s
+        self.in_session = False
+
+    # ---- flushing (slow path: only while the output is off) --------------------------
+    def pending(self):
+        """Bytes queued in RAM, not yet on flash."""
+        return self._qn
+
+    def _cost_blocks(self):
+        t = 0
+        for s in self._sizes:
+            t += blocks_for(s)
+        return t
+
+    def _rotate(self):
+        """The active segment is full: drop the oldest segments until a new full one fits
+        in the budget, then start it."""
+        new_id = self._ids[-1] + 1 if self._ids else 1
+        seg_blocks = blocks_for(self.seg_bytes)
+        while self._ids and self._cost_blocks() + seg_blocks + RESERVE_BLOCKS > self.budget_blocks:
+            os.remove(self._path(self._ids[0]))
+            self._ids.pop(0)
+            self._sizes.pop(0)
+        self._create(new_id)
+
+    def flush(self, max_bytes=-1):
+        """Writes queued records, oldest first, each synced on its own (one LittleFS
+        commit), until the queue is empty or the next record would pass max_bytes
+        (-1: no limit). Returns the bytes written. A flash error stops it; the records
+        stay queued and write_error holds the errno."""
+        q = self._q
+        mv = self._qmv
+        n = self._qn
+        pos = 0
+        wrote = 0
+        f = None
+        try:
+            while pos < n:
+                ln = OVERHEAD + q[pos + 2]
+                if 0 <= max_bytes < wrote + ln:
+                    break
+                if not self._ids or self._sizes[-1] + ln > self.seg_bytes:
+                    if f is not None:
+                        f.close()
+                        f = None
+                    self._rotate()
+                seq = self.seq
+                _put_u32(q, pos + 3, seq)
+                _put_u32(q, pos + ln - TAIL, binascii.crc32(mv[pos:pos + ln - TAIL]) & 0xFFFFFFFF)
+                if f is None:
+                    f = open(self._path(self._ids[-1]), "ab")
+                f.write(mv[pos:pos + ln])
+                f.flush()  # LittleFS commits the file here: the record is durable
+                self.seq = seq + 1
+                self._sizes[-1] += ln
+                pos += ln
+                wrote += ln
+            self.write_error = 0
+        except OSError as e:
+            self.write_error = e.args[0] if e.args else -1
+        finally:
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            if pos:
+                q[0:n - pos] = q[pos:n]
+                self._qn = n - pos
+        if self.dropped and self._qn + OVERHEAD + 20 <= self._qcap and not self.write_error:
+            d = self.dropped
+            self.dropped = 0
+            self.event(EV_LOG_OVERFLOW, self._rtc, 0, d, 0)
+        return wrote
+
+    # ---- reading, for a pull -------------------------------------------------------
+    def segments(self):
+        """[(seg_id, size_bytes)], oldest first. Only flushed records are in them; all
+        but the last are sealed (never written again)."""
+        return [(self._ids[k], self._sizes[k]) for k in range(len(self._ids))]
+
+    def read_into(self, seg_id, offset, buf):
+        """Reads segment bytes from offset into buf; returns how many (0 at its end)."""
+        with open(self._path(seg_id), "rb") as f:
+            f.seek(offset)
+            n = f.readinto(buf)
+        return n or 0
