@@ -29,7 +29,7 @@ def test_the_shipped_boards_are_the_required_set():
     assert set(SHIPPED) <= set(boards.names())
     chips = {n: _board(n)[0]["chip"] for n in SHIPPED}
     assert chips["lolin-s2-mini"] == "esp32s2" and chips["esp32-s3-devkitc-1"] == "esp32s3"
-    s3 = _board("esp32-s3-devkitc-1")[0]["frontend"]
+    s3 = _board("esp32-s3-devkitc-1")[0]["frontend"]  # no DAC on the S3: an MCP4725
     assert s3["dac"]["kind"] == "mcp4725" and s3["dac_bits"] == 12
 
 
@@ -250,21 +250,21 @@ hw = Hardware(b)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_hw_builds_each_boards_peripherals_in_the_simulator(tmp_path, name):
     r = _world_snippet(tmp_path, name, """
-top = hw.dac.max_code
-hw.dac.write(top // 2)
-print(type(hw.dac).__name__, top, "%.1f" % W.source_ua())
+full = hw.dac.full_scale
+hw.dac.write(full // 2)
+print(type(hw.dac).__name__, full, "%.1f" % W.source_ua())
 hw.output_off()
 print("%.1f" % W.source_ua())
 """)
     assert r.returncode == 0, r.stderr + r.stdout
     first, second = r.stdout.strip().splitlines()
-    kind, top, half_ua = first.split()
+    kind, full, half_ua = first.split()
     spec, _ = _board(name)
     fe = spec["frontend"]
-    expect_kind = "MCP4725" if fe["dac"]["kind"] == "mcp4725" else "InternalDAC"
-    assert kind == expect_kind and int(top) == (1 << fe["dac_bits"]) - 1
+    expect_kind = {"internal": "InternalDAC", "internal_dual": "DualDAC", "mcp4725": "MCP4725"}
+    assert kind == expect_kind[fe["dac"]["kind"]]
     # Half scale into the source (virtual: with its component errors, within 10 %).
-    nominal = fe["dac_vref_v"] * (int(top) // 2) / int(top) * fe["source_gain_ua_per_v"]
+    nominal = fe["dac_vref_v"] * (int(full) // 2) / int(full) * fe["source_gain_ua_per_v"]
     assert abs(float(half_ua) - nominal) < 0.1 * nominal, (half_ua, nominal)
     assert float(second) == 0.0
 
