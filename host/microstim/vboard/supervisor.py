@@ -43,7 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from . import native
+from . import native, romloader
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,10 @@ class Supervisor:
         self._phase_buf = bytearray()
         self._next_boot: _Boot | None = None  # decided by a control message
         self._done_code: int | None = None
+        # Download mode (romloader.py): a SYNC frame from the host resets the board into
+        # the ESP32's serial ROM bootloader, which esptool then drives.
+        self._baud = baud
+        self._download = romloader.DownloadMode(self, config)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -501,6 +505,7 @@ class Supervisor:
                 sock.close()
         self._client = self._listener = None
         self.ctl_path.unlink(missing_ok=True)
+        self._download.close()
 
     # -- the pump thread ------------------------------------------------------------------
 
@@ -541,6 +546,11 @@ class Supervisor:
                 delays_s.append(0.0)
         if self._listener is not None and self._client is None:
             masks[self._listener.fileno()] = select.POLLIN
+        download_fd = self._download.wait_fd()  # download mode: port closes, idle timeout
+        if download_fd is not None:
+            masks[download_fd] = select.POLLIN
+        if self._download.timeout_s() is not None:
+            delays_s.append(self._download.timeout_s())
         poller = select.poll()
         for fd, mask in masks.items():
             poller.register(fd, mask)
@@ -557,6 +567,7 @@ class Supervisor:
             self._read_host()
         if self._listener is not None and self._listener.fileno() in readable:
             self._accept_client()
+        self._download.tick(readable)
         self._write_child()
         self._flush_to_host()
 
@@ -579,6 +590,8 @@ class Supervisor:
 
     def _from_child(self, data: bytes) -> None:
         """Pass child output on, hiding the unix port's banner during a raw soft reboot."""
+        if self._download.active:
+            return  # what a child stopped by a download-mode reset still had in its pty
         if self._phase is _Phase.RAW_BOOT:
             self._phase_buf += data
             match = _FRIENDLY_BANNER_RE.search(self._phase_buf)
@@ -687,7 +700,8 @@ class Supervisor:
         except ConnectionResetError:
             data = b""
         if data:
-            self._to_child += data
+            # In download mode the ROM loader answers; a SYNC frame starts download mode.
+            self._to_child += self._download.from_host(data)
         elif self._client is not None:
             self._drop_client()
 
@@ -761,6 +775,36 @@ class Supervisor:
         self._client = None
         self._host_fd = None
         self._host_stalled_since_s = None
+        self._download.host_closed()  # esptool's "hard reset" over a socket: it hangs up
+
+    # -- download mode (romloader.DownloadMode calls these) ------------------------------
+
+    def _enter_download(self) -> None:
+        """Reset into the ROM bootloader: what was in flight is lost, the child stops."""
+        self._to_child.clear()
+        self._to_host.clear()
+        self._phase = _Phase.RUNNING
+        self._phase_buf.clear()
+        self._next_boot = None
+        if self._proc is not None:
+            self._proc.kill()  # _child_gone() sees download mode and starts no new child
+
+    def _leave_download(self) -> None:
+        """Download mode is over and the flash holds a bootable image: power on."""
+        boot = _Boot("friendly", PWRON_RESET, False)
+        if self._proc is None:
+            self._spawn(boot)
+        else:  # the stopped child is not reaped yet: _child_gone() boots the new one
+            self._next_boot = boot
+
+    def _set_link_baud(self, baud: int | None) -> None:
+        """CHANGE_BAUDRATE in download mode re-paces a rate-limited link; None restores
+        the rate the board was started with."""
+        if self._baud is None:
+            return
+        rate_bytes_per_s = (baud or self._baud) / _BITS_PER_BYTE
+        self._rx_bucket = _TokenBucket(rate_bytes_per_s, _UART_FIFO_BYTES)
+        self._tx_bucket = _TokenBucket(rate_bytes_per_s, _UART_FIFO_BYTES)
 
     # -- control channel and resets -------------------------------------------------------
 
@@ -802,6 +846,8 @@ class Supervisor:
         # A message written just before the child exited decides what the exit means.
         self._read_ctl()
         boot, self._next_boot = self._next_boot, None
+        if self._download.active:
+            return  # reset into download mode: the board stays in its ROM loader
         if self._done_code is not None:
             self._finish(self._done_code)
         elif boot is not None:

@@ -1,0 +1,316 @@
+"""`microstim flash` end to end against the virtual board, through the command line.
+
+esptool really talks to the virtual board's ROM bootloader (vboard/romloader.py) over its
+serial port: chip detection, stub upload, erase, compressed write, MD5 verify, reset. The
+images are small synthetic files with valid ESP32-family headers (magic 0xE9, the chip id
+in the extended header) and random contents: no official MicroPython image is available
+offline, and the virtual board runs its own MicroPython whatever it is given (it checks
+the header as the ROM does). Downloads come from an http.server on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import mpremote
+from microstim import flashing, paths
+from microstim.vboard import romloader
+
+FLASH_SIZE = 4 * 1024 * 1024
+
+
+def make_image(path: Path, chip: str, size: int = 256 * 1024, seed: int = 1) -> Path:
+    """A synthetic firmware image: a valid header for `chip`, then random bytes."""
+    data = bytearray(random.Random(seed).randbytes(size))
+    header = struct.pack("<BBBBI", 0xE9, 3, 2, 0x20, 0x40080000)
+    header += struct.pack("<BBBBHBHH4sB", 0xEE, 0, 0, 0, flashing.IMAGE_CHIP_IDS[chip], 0, 0, 0xFFFF,
+                          b"\0" * 4, 1)
+    data[: len(header)] = header
+    path.write_bytes(data)
+    return path
+
+
+def _cli() -> list[str]:
+    """`microstim flash` as a user runs it once the CLI has the command; until then the
+    module's own entry point (the same click command)."""
+    exe = str(Path(sys.executable).with_name("microstim"))
+    probe = subprocess.run([exe, "flash", "--help"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return [exe, "flash"]
+    return [sys.executable, "-m", "microstim.flashing"]
+
+
+CLI = _cli()
+
+
+def flash_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([*CLI, "--no-deploy", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_on(port: str) -> list[str]:
+    r = mpremote(port, "exec", "import os; print(sorted(os.listdir('/')))")
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout.strip().splitlines()[-1])  # a printed list of names
+
+
+def board_folder(tmp_path: Path, micropython: dict) -> Path:
+    """A copy of the virtual board's definition with its own micropython block."""
+    folder = tmp_path / "board"
+    shutil.copytree(paths.boards_dir() / "virtual", folder)
+    spec = json.loads((folder / "board.json").read_text())
+    spec["name"] = "board"
+    spec["micropython"] = {"version": "0.0.1", "port_board": "ESP32_GENERIC", **micropython}
+    (folder / "board.json").write_text(json.dumps(spec))
+    return folder
+
+
+class _Server:
+    """http.server on loopback serving one folder, counting GET requests."""
+
+    def __init__(self, root: Path):
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):
+                outer.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = _Server(root)
+    yield root, server
+    server.close()
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_chip_ids_and_offsets_agree_with_esptool():
+    from esptool.targets import CHIP_DEFS
+
+    for chip, cid in flashing.IMAGE_CHIP_IDS.items():
+        assert CHIP_DEFS[chip].IMAGE_CHIP_ID == cid, chip
+        assert romloader.IMAGE_CHIP_IDS[chip] == cid, chip
+        assert CHIP_DEFS[chip].CHIP_NAME == flashing.CHIP_LABELS[chip]
+        # MicroPython's image starts with the second-stage bootloader.
+        assert CHIP_DEFS[chip].BOOTLOADER_FLASH_OFFSET == flashing.IMAGE_OFFSETS[chip], chip
+
+
+def test_flash_writes_image_at_offset_erases_filesystem_and_boots(vboard, tmp_path):
+    vb = vboard()
+    assert "boot.py" in files_on(vb.port) and "main.py" in files_on(vb.port)  # deployed firmware
+    image = make_image(tmp_path / "fw.bin", "esp32", size=300_000)
+    r = flash_cli("--port", vb.port, "--image", str(image), "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["chip"] == "esp32" and result["offset"] == 0x1000
+    assert result["sha256"] == sha(image) and result["size"] == 300_000 and result["erased"]
+    assert result["chip_description"].startswith("ESP32-D0WD")
+    assert "MicroPython" in result["banner"]
+
+    flash = (vb.run_dir / "spiflash.bin").read_bytes()
+    assert len(flash) == FLASH_SIZE
+    assert flash[0x1000 : 0x1000 + 300_000] == image.read_bytes()
+    assert flash[:0x1000] == b"\xff" * 0x1000  # erased before the offset
+    assert set(flash[0x1000 + 300_000 : romloader.VFS_OFFSET]) == {0xFF}
+    # A real erase wipes the vfs partition: the board boots with an empty filesystem.
+    assert files_on(vb.port) == []
+    # Leaving download mode powered the board on once (mpremote's soft resets are cause 5).
+    assert [cause for cause, _ in vb.supervisor.resets].count(1) == 1
+    assert vb.supervisor._download.sessions == 1
+
+
+def test_no_erase_keeps_the_filesystem(vboard, tmp_path):
+    vb = vboard()
+    image = make_image(tmp_path / "fw.bin", "esp32", seed=2)
+    r = flash_cli("--port", vb.port, "--image", str(image), "--no-erase")
+    assert r.returncode == 0, r.stderr
+    assert "flashed fw.bin" in r.stdout
+    assert (vb.run_dir / "spiflash.bin").read_bytes()[0x1000 : 0x1000 + image.stat().st_size] == image.read_bytes()
+    assert "boot.py" in files_on(vb.port)
+
+
+def test_wrong_chip_image_is_refused_and_the_board_is_unchanged(vboard, tmp_path):
+    vb = vboard()
+    assert "main.py" in files_on(vb.port)  # up, with its filesystem
+    before = sha(vb.run_dir / "flash.img")
+    image = make_image(tmp_path / "s3.bin", "esp32s3")
+    r = flash_cli("--port", vb.port, "--image", str(image))
+    assert r.returncode == 2
+    assert "wrong chip" in r.stderr and "ESP32-S3" in r.stderr
+    assert vb.supervisor._download.sessions == 0  # esptool never even connected
+    assert sha(vb.run_dir / "flash.img") == before
+    assert "main.py" in files_on(vb.port)
+
+
+def test_board_whose_chip_differs_from_the_port_is_refused(vboard, tmp_path):
+    vb = vboard()
+    files = files_on(vb.port)
+    before = sha(vb.run_dir / "flash.img")
+    image = make_image(tmp_path / "s3.bin", "esp32s3")
+    r = flash_cli("--port", vb.port, "--board", "esp32-s3-devkitc-1", "--image", str(image))
+    assert r.returncode == 3, r.stderr
+    assert "wrong chip: board esp32-s3-devkitc-1 says esp32s3" in r.stderr
+    assert "is an ESP32" in r.stderr and "nothing was written" in r.stderr
+    # esptool did connect (download mode), and the board came back as it was.
+    assert vb.supervisor._download.sessions == 1
+    assert sha(vb.run_dir / "flash.img") == before
+    assert files_on(vb.port) == files
+
+
+def test_download_is_checked_cached_and_used_once(vboard, tmp_path, http_root):
+    root, server = http_root
+    image = make_image(root / "ESP32_GENERIC-20990101-v0.0.1.bin", "esp32", seed=3)
+    folder = board_folder(tmp_path, {"image": image.name, "sha256": sha(image),
+                                     "url": "https://example.invalid/never-used/" + image.name})
+    env = {"MICROSTIM_IMAGE_BASE_URL": server.url}
+    vb = vboard()
+    r = flash_cli("--port", vb.port, "--board", str(folder), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["downloaded"] is True and result["version"] == "0.0.1"
+    cached = flashing.cache_root() / image.name
+    assert Path(result["image"]) == cached and cached.read_bytes() == image.read_bytes()
+    assert server.requests == ["/" + image.name]
+
+    r = flash_cli("--port", vb.port, "--board", str(folder), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["downloaded"] is False
+    assert server.requests == ["/" + image.name]  # the cache answered
+    flash = (vb.run_dir / "spiflash.bin").read_bytes()
+    assert flash[0x1000 : 0x1000 + image.stat().st_size] == image.read_bytes()
+
+
+def test_checksum_mismatch_is_refused_and_the_download_deleted(vboard, tmp_path, http_root):
+    root, server = http_root
+    image = make_image(root / "ESP32_GENERIC-x.bin", "esp32", seed=4)
+    folder = board_folder(tmp_path, {"image": image.name, "sha256": "0" * 64})
+    vb = vboard()
+    assert "main.py" in files_on(vb.port)  # up, with its filesystem
+    before = sha(vb.run_dir / "flash.img")
+    r = flash_cli("--port", vb.port, "--board", str(folder),
+                  env={"MICROSTIM_IMAGE_BASE_URL": server.url})
+    assert r.returncode == 1
+    assert "checksum mismatch" in r.stderr and sha(image) in r.stderr
+    assert server.requests == ["/" + image.name]
+    assert not any(flashing.cache_root().glob("*"))  # neither the file nor a .part
+    assert vb.supervisor._download.sessions == 0
+    assert sha(vb.run_dir / "flash.img") == before
+
+
+def test_unpinned_download_is_refused_unless_a_checksum_is_given(tmp_path, http_root):
+    root, server = http_root
+    image = make_image(root / "ESP32_GENERIC-y.bin", "esp32", seed=5)
+    folder = board_folder(tmp_path, {"image": image.name})
+    env = {"MICROSTIM_IMAGE_BASE_URL": server.url}
+    r = flash_cli("--port", "/dev/null-not-used", "--board", str(folder), env=env)
+    assert r.returncode == 2
+    assert "pins no SHA-256" in r.stderr and "--sha256" in r.stderr and "--image" in r.stderr
+    assert server.requests == []  # nothing downloaded
+
+    # With the checksum given, the same board's image downloads (API, no board needed).
+    spec = json.loads((folder / "board.json").read_text())
+    import os
+
+    os.environ["MICROSTIM_IMAGE_BASE_URL"] = server.url
+    try:
+        path, downloaded = flashing.fetch_image(spec, sha256=sha(image))
+    finally:
+        del os.environ["MICROSTIM_IMAGE_BASE_URL"]
+    assert downloaded and path.read_bytes() == image.read_bytes()
+
+
+def test_esptool_itself_sees_an_esp32_and_an_erased_chip_stays_in_the_rom(vboard, tmp_path):
+    """Plain esptool commands, as a maker would type them: the virtual board answers as an
+    ESP32; after erase-flash it has nothing to boot and stays in the ROM, like a blank chip;
+    a write brings MicroPython back with an empty filesystem."""
+    vb = vboard()
+    esptool = [sys.executable, "-m", "esptool", "--port", vb.port]
+    r = subprocess.run([*esptool, "flash-id"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ESP32-D0WD-V3" in r.stdout and "MAC:                24:0a:c4:00:00:01" in r.stdout
+    assert "Detected flash size: 4MB" in r.stdout
+
+    r = subprocess.run([*esptool, "erase-flash"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import time
+
+    deadline = time.monotonic() + 5
+    while vb.supervisor._download.state != "halted" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert vb.supervisor._download.state == "halted"
+    assert "invalid header: 0xffffffff" in vb.output_text()
+    assert set((vb.run_dir / "flash.img").read_bytes()) == {0xFF}
+
+    image = make_image(tmp_path / "fw.bin", "esp32", seed=6)
+    r = subprocess.run([*esptool, "--baud", "460800", "write-flash", "0x1000", str(image)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Hash of data verified" in r.stdout
+    r = subprocess.run([*esptool, "read-flash", "0x1000", str(image.stat().st_size), str(tmp_path / "back.bin")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "back.bin").read_bytes() == image.read_bytes()
+    assert files_on(vb.port) == []
+
+
+def test_flash_over_a_socket_port(vboard, tmp_path):
+    vb = vboard(transport="socket")
+    image = make_image(tmp_path / "fw.bin", "esp32", seed=7)
+    r = flash_cli("--port", vb.port, "--image", str(image), "--json")
+    assert r.returncode == 0, r.stderr
+    assert (vb.run_dir / "spiflash.bin").read_bytes()[0x1000 : 0x1000 + image.stat().st_size] == image.read_bytes()
+    assert json.loads(r.stdout)["banner"].startswith("MicroPython")
+
+
+def test_no_bootloader_answer_says_what_to_do(tmp_path):
+    """A port where nothing answers (a pty nobody serves): the message tells the user how
+    to put the board in download mode."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        image = make_image(tmp_path / "fw.bin", "esp32")
+        r = flash_cli("--port", os.ttyname(slave), "--image", str(image), timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 3
+    assert "hold BOOT, press and release EN" in r.stderr
