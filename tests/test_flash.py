@@ -314,3 +314,43 @@ def test_no_bootloader_answer_says_what_to_do(tmp_path):
         os.close(slave)
     assert r.returncode == 3
     assert "hold BOOT, press and release EN" in r.stderr
+
+
+def test_shipped_boards_name_official_release_images():
+    """Every board names an official MicroPython release image for its chip. Only the
+    ESP32 image's SHA-256 is pinned: it is the one found published by several independent
+    sources (no network here to fetch the others); the rest are refused unpinned."""
+    from microstim import boards
+
+    port_boards = {"esp32": "ESP32_GENERIC", "esp32s2": "ESP32_GENERIC_S2", "esp32s3": "ESP32_GENERIC_S3"}
+    for name in boards.names():
+        v = boards.validate(name)
+        assert v.ok, v.errors
+        mp = v.spec["micropython"]
+        assert mp["port_board"] == port_boards[v.spec["chip"]]
+        assert mp["image"].startswith(mp["port_board"] + "-2") and mp["image"].endswith(f"-v{mp['version']}.bin")
+        assert mp["url"] == "https://micropython.org/resources/firmware/" + mp["image"]
+        if v.spec["chip"] == "esp32":
+            assert mp["sha256"] == "cd7820d02c35d34dd403b44263129c6a511b350aea8446c229890753fe240784"
+        else:
+            assert "sha256" not in mp
+
+
+def test_shipped_unpinned_board_is_refused_before_any_download():
+    r = flash_cli("--port", "/dev/null-not-used", "--board", "lolin-s2-mini",
+                  env={"MICROSTIM_IMAGE_BASE_URL": "http://127.0.0.1:9/"})
+    assert r.returncode == 2
+    assert "board lolin-s2-mini pins no SHA-256 for ESP32_GENERIC_S2-20260406-v1.28.0.bin" in r.stderr
+    assert "micropython.org/download/ESP32_GENERIC_S2" in r.stderr
+
+
+def test_a_file_posing_as_the_pinned_release_is_refused(vboard, tmp_path, http_root):
+    """The virtual board's own definition pins the official ESP32 v1.28.0 image; a server
+    that hands out something else under that name is caught by the checksum."""
+    root, server = http_root
+    make_image(root / "ESP32_GENERIC-20260406-v1.28.0.bin", "esp32", seed=8)
+    vb = vboard()
+    r = flash_cli("--port", vb.port, env={"MICROSTIM_IMAGE_BASE_URL": server.url})
+    assert r.returncode == 1
+    assert "checksum mismatch" in r.stderr and "cd7820d02c35d34dd403b44263129c6a" in r.stderr
+    assert vb.supervisor._download.sessions == 0
