@@ -103,6 +103,10 @@ def deploy(port: str | None = None, *, board: str | None = None, config: dict | 
         if not board:
             raise UsageError("this board has no board definition yet: name one with --board "
                              "(`microstim boards list` shows them)")
+        if config is not None:
+            from .api import config_validate
+
+            config = config_validate(config, board)  # refused here: nothing was sent
         items = build.firmware_items(board, config)
         _check_mpy(info)
         if info.get("app") and info.get("state") in ("ramping", "stimulating", "paused"):
