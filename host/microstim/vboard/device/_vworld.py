@@ -983,9 +983,7 @@ def mount_flash(w):
         f = open(path, "r+b")
         fresh = False
     except OSError:
-        # A new flash is built under another name and renamed into place when complete:
-        # a Ctrl-C (or a kill) during provisioning leaves no half-provisioned image.
-        f = open(path + ".new", "w+b")
+        f = open(path, "w+b")
         fresh = True
     bdev = FileBlockDev(f, bs, blocks)
     if fresh:
@@ -1005,9 +1003,6 @@ def mount_flash(w):
         os.mount(vfs, "/flash")
         _copy_tree(os, prov, "/flash")
         os.umount("/flash")
-    if fresh:
-        f.flush()
-        os.rename(path + ".new", path)
     os.umount("/")
     os.mount(vfs, "/")
     w.flash_file = f
