@@ -7,19 +7,17 @@
 # Buzzer: the relocation cue every cue_s seconds (default 5).
 import gc
 import json
+import os
 
-from msfw import VERSION, programs
+from msfw import VERSION, programs, proto
 from msfw import board as boardmod
+from msfw import config as cfgmod
 from msfw import engine as E
 from msfw.hw import Hardware
 from msfw.supervisor import CONTACT_NAMES, F_ADC, FAULT_NAMES
 
-DEFAULTS = {
-    "program": programs.DEFAULT,
-    "setpoint_ua": 200,
-    "duration_s": 600,
-    "cue_s": 5,
-}
+DEFAULTS = cfgmod.DEFAULTS
+CONFIG_PATH = "/config.json"
 LOOP_MS = 1
 WATCHDOG_MS = 2000  # a loop stalled this long resets the board; boot leaves it off
 LONG_PRESS_MS = 1000
@@ -27,19 +25,29 @@ DEBOUNCE_MS = 30
 CUE_MS = 120
 
 
-def load_config():
-    cfg = dict(DEFAULTS)
+def load_config(ceiling_ua):
+    """The user config from /config.json, checked against the board; defaults on error."""
     try:
-        with open("/config.json") as f:
+        with open(CONFIG_PATH) as f:
             user = json.loads(f.read())
-        for k in DEFAULTS:
-            if k in user:
-                cfg[k] = user[k]
     except OSError:
-        pass
+        return dict(cfgmod.DEFAULTS)
     except ValueError as e:
-        emit("config_error", message=str(e))
-    return cfg
+        emit("config_error", message="%s: not valid JSON (%s)" % (CONFIG_PATH, e))
+        return dict(cfgmod.DEFAULTS)
+    try:
+        return cfgmod.validate(user, ceiling_ua)
+    except cfgmod.ConfigError as e:
+        emit("config_error", message=str(e), field=e.field)
+        return dict(cfgmod.DEFAULTS)
+
+
+def save_config(cfg):
+    """Atomically: a power cut leaves the old file or the new one, never half of one."""
+    tmp = CONFIG_PATH + ".new"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(cfg))
+    os.rename(tmp, CONFIG_PATH)
 
 
 def emit(kind, **fields):
@@ -110,6 +118,275 @@ def report(eng, now):
             emit(name, value=value, t_ms=now)
 
 
+FAULT_HISTORY = 16
+RUNNING = (E.S_RAMP, E.S_STIM, E.S_PAUSED)
+
+
+class App:
+    """The device: engine, button, LED, buzzer, and the host protocol's operations."""
+
+    def __init__(self, board, hw):
+        self.board = board
+        self.hw = hw
+        self.cfg = load_config(board.ceiling_ua)
+        self.pending_cfg = None  # a config set while a session runs, used once it ends
+        self.eng = self._engine(self.cfg)
+        self.faults = []  # [name, value, uptime_ms], newest last
+        self.tel_hz = 0
+        self.tel_next = 0
+        self.tel_until = 0
+        self.t_boot = hw.ticks_ms()
+        self.link = None
+        self.server = None
+
+    def _engine(self, cfg):
+        try:
+            return E.Engine(self.hw, cfg)
+        except (programs.ProgramError, ValueError) as e:
+            emit("config_error", message=str(e))
+            return E.Engine(self.hw, dict(DEFAULTS))
+
+    def serve_host(self):
+        try:
+            self.link = proto.Link()
+        except (AttributeError, OSError, TypeError) as e:  # no pollable console: standalone
+            emit("proto_off", message=repr(e))
+            return
+        proto.cleanup()
+        ops = {}
+        for name in ("status", "start", "stop", "clear_fault", "intensity", "config_get",
+                     "config_set", "info", "telemetry"):
+            ops[name] = getattr(self, "op_" + name)
+        self.server = proto.Server(self.link, self.hello_info, ops,
+                                   bulk_ok=lambda: self.eng.state not in RUNNING)
+
+    # ---- protocol operations (PROTOCOL.md) ---------------------------------------------
+    def hello_info(self):
+        return {"app": True, "firmware": VERSION, "board": self.board.name,
+                "chip": self.board.chip, "uid": uid_hex(),
+                "state": E.STATE_NAMES[self.eng.state]}
+
+    def op_status(self, req):
+        eng = self.eng
+        now = self.hw.ticks_ms()
+        running = eng.state in RUNNING
+        elapsed = self.hw.ticks_diff(now, eng.t0_ms) if running else 0
+        return {
+            "state": E.STATE_NAMES[eng.state],
+            "program": self.cfg["program"],
+            "level": eng.level, "levels": E.LEVELS,
+            "setpoint_ua": eng.setpoint_cu / 32,
+            "target_ua": eng.level_target() / 32 if running else 0,
+            "measured_ua": round(eng.measured_q4 / 512, 2) if running else 0,
+            "load_ohm": eng.sup.z_ref if running else None,
+            "contact": CONTACT_NAMES[eng.pause_reason] if eng.state == E.S_PAUSED else None,
+            "compliance_limited": eng.compliance_limited,
+            "fault": FAULT_NAMES[eng.sup.fault] if eng.state == E.S_FAULT else None,
+            "elapsed_s": elapsed // 1000,
+            "remaining_s": (eng.duration_ms - elapsed) // 1000 if running else None,
+            "usb_power": self.hw.usb_powered(),
+            "uptime_s": self.hw.ticks_diff(now, self.t_boot) // 1000,
+        }
+
+    def op_start(self, req):
+        eng = self.eng
+        if eng.state in RUNNING:
+            raise proto.Error("busy", "a session is already running (state %s)"
+                              % E.STATE_NAMES[eng.state])
+        if eng.state == E.S_FAULT:
+            raise proto.Error("fault", "a %s fault is latched: clear it first (clear_fault or a "
+                              "long button press)" % FAULT_NAMES[eng.sup.fault])
+        over = {}
+        for k in ("program", "setpoint_ua", "duration_s"):
+            if k in req:
+                over[k] = req[k]
+        if over:
+            cfg = dict(self.cfg)
+            cfg.update(self._checked(over))
+            self.eng = eng = self._engine(cfg)
+        if not eng.start(self.hw.ticks_ms()):
+            if self.hw.usb_powered() and not self.board.usb_isolated:
+                raise proto.Error("refused", "USB power is present and this board's USB link is "
+                                  "not isolated: unplug USB and use the button (SAFETY.md 7)")
+            raise proto.Error("refused", "the engine refused to start")
+        return {"state": E.STATE_NAMES[eng.state]}
+
+    def op_stop(self, req):
+        self.eng.stop(E.END_HOST)
+        return {"state": E.STATE_NAMES[self.eng.state]}
+
+    def op_clear_fault(self, req):
+        if self.eng.state != E.S_FAULT:
+            raise proto.Error("no_fault", "no fault is latched (state %s)"
+                              % E.STATE_NAMES[self.eng.state])
+        self.eng.clear_fault()
+        return {"state": E.STATE_NAMES[self.eng.state]}
+
+    def op_intensity(self, req):
+        eng = self.eng
+        level = proto._int(req, "level", 1, E.LEVELS)
+        if eng.state not in RUNNING:
+            raise proto.Error("not_running", "no session is running")
+        now = self.hw.ticks_ms()
+        # Step like the button does: every increase gets its own soft start.
+        while eng.level != level:
+            eng.step_intensity(now)
+        return {"level": eng.level}
+
+    def _checked(self, values):
+        try:
+            return cfgmod.validate(values, self.board.ceiling_ua, partial=True)
+        except cfgmod.ConfigError as e:
+            raise proto.Error("bad_value", str(e), e.as_dict())
+
+    def op_config_get(self, req):
+        return {"config": self.cfg, "pending": self.pending_cfg, "defaults": DEFAULTS,
+                "limits": cfgmod.limits(self.board.ceiling_ua)}
+
+    def op_config_set(self, req):
+        values = req.get("values")
+        if not isinstance(values, dict) or not values:
+            raise proto.Error("bad_request", "values: a non-empty object of settings is required",
+                              {"field": "values"})
+        base = dict(DEFAULTS) if req.get("replace") else dict(self.pending_cfg or self.cfg)
+        base.update(self._checked(values))
+        save_config(base)
+        applied = self.eng.state not in RUNNING
+        if applied:
+            self.cfg = base
+            self.pending_cfg = None
+            self.eng = self._engine(base)
+        else:
+            self.pending_cfg = base
+        return {"config": base, "applied": applied}
+
+    def op_info(self, req):
+        import sys
+
+        import machine
+
+        gc.collect()
+        return {
+            "firmware": VERSION, "board": self.board.name, "chip": self.board.chip,
+            "micropython": ".".join(str(x) for x in sys.implementation.version[:3]),
+            "uid": uid_hex(), "reset_cause": machine.reset_cause(),
+            "ceiling_ua": self.board.ceiling_ua, "usb_isolated": self.board.usb_isolated,
+            "calibration": None, "faults": self.faults, "config": self.cfg,
+            "mem_free": gc.mem_free(),
+            "uptime_s": self.hw.ticks_diff(self.hw.ticks_ms(), self.t_boot) // 1000,
+        }
+
+    def op_telemetry(self, req):
+        hz = proto._int(req, "hz", 0, 50)
+        ttl = proto._int(req, "ttl_s", 1, 600, 10)
+        self.tel_hz = hz
+        now = self.hw.ticks_ms()
+        self.tel_next = now
+        self.tel_until = now + ttl * 1000
+        return {"hz": hz, "ttl_s": ttl}
+
+    # ---- the loop -----------------------------------------------------------------------
+    def telemetry(self, now):
+        if self.hw.ticks_diff(now, self.tel_until) >= 0:
+            self.tel_hz = 0  # the host stopped renewing: it went away
+            return
+        if self.hw.ticks_diff(now, self.tel_next) < 0:
+            return
+        self.tel_next = now + 1000 // self.tel_hz
+        eng = self.eng
+        running = eng.state in RUNNING
+        emit("tel", t_ms=now, state=E.STATE_NAMES[eng.state], level=eng.level,
+             target_ua=eng.level_target() / 32 if running else 0,
+             i_ua=round(eng.measured_q4 / 512, 2) if running else 0,
+             z_ohm=eng.sup.z_ref if running else None,
+             cl=eng.compliance_limited)
+
+    def note_events(self, now):
+        for i in range(self.eng._ev_n):
+            if self.eng._ev_kind[i] == E.E_FAULT:
+                self.faults.append([FAULT_NAMES[self.eng._ev_val[i]], self.eng.sup.fault_value,
+                                    self.hw.ticks_diff(now, self.t_boot)])
+                if len(self.faults) > FAULT_HISTORY:
+                    self.faults.pop(0)
+
+    def session_over(self):
+        if self.pending_cfg is not None and self.eng.state not in RUNNING:
+            self.cfg = self.pending_cfg
+            self.pending_cfg = None
+            self.eng = self._engine(self.cfg)
+
+    def run(self):
+        hw = self.hw
+        gc.collect()
+        emit("boot", version=VERSION, board=self.board.name, program=self.cfg["program"],
+             mem_free=gc.mem_free(), mem_alloc=gc.mem_alloc())
+        self.serve_host()
+        link = self.link
+        server = self.server
+        button = Button(hw)
+        cue_until = 0
+        led = hw.led
+        buzzer = hw.buzzer
+        wdt = hw.wdt
+        while True:
+            eng = self.eng
+            now = hw.ticks_ms()
+            press = button.poll(now)
+            if press == "short":
+                if eng.state in (E.S_IDLE, E.S_DONE):
+                    eng.start(now)
+                else:
+                    eng.step_intensity(now)
+            elif press == "long":
+                if eng.state == E.S_FAULT:
+                    eng.clear_fault()
+                else:
+                    eng.stop()
+            t_us = hw.ticks_us()
+            try:
+                eng.tick(t_us, now)
+            except OSError as e:
+                # The ADC or DAC stopped answering on I2C: the current is unknown.
+                eng.trip(F_ADC, e.args[0] if e.args else 0)
+            if eng._ev_n:
+                for kind in eng._ev_kind[: eng._ev_n]:
+                    if kind == E.E_CUE and buzzer is not None:
+                        buzzer.tone(True)
+                        cue_until = now + CUE_MS
+                self.note_events(now)
+                report(eng, now)
+                self.session_over()
+            if cue_until and hw.ticks_diff(now, cue_until) >= 0:
+                cue_until = 0
+                buzzer.tone(False)
+            if led is not None:
+                led.value(led_level(eng.state, now))
+            if link is not None:
+                # A few bytes per pass while the output is on, so a request never holds
+                # up a sample; bulk transfers are refused until the output is off.
+                line = link.pump(now, 16 if eng.state in RUNNING else 256)
+                if line is not None:
+                    server.handle(line)
+                    if server.done:
+                        server.done = False  # "bye" ends nothing here; "reset" does
+                        if getattr(server, "reset_kind", None):
+                            eng.stop(E.END_HOST)
+                            proto.after(server)
+                if self.tel_hz:
+                    self.telemetry(now)
+            if wdt is not None:
+                wdt.feed()
+            # Sleep until the next conversion is due (at most 1 ms): a channel is revisited
+            # every ~2.5 ms, which bounds how long a fault can go unseen.
+            hw.sleep_us(eng.wait_us(hw.ticks_us()))
+
+
+def uid_hex():
+    import machine
+
+    return "".join("%02x" % b for b in machine.unique_id())
+
+
 def run():
     try:
         board = boardmod.load()
@@ -118,52 +395,4 @@ def run():
         return
     hw = Hardware(board, watchdog_ms=WATCHDOG_MS)
     hw.output_off()
-    cfg = load_config()
-    try:
-        eng = E.Engine(hw, cfg)
-    except (programs.ProgramError, ValueError) as e:
-        emit("config_error", message=str(e))
-        eng = E.Engine(hw, dict(DEFAULTS))
-    gc.collect()
-    emit("boot", version=VERSION, board=board.name, program=eng.program.get("freq_hz"),
-         mem_free=gc.mem_free(), mem_alloc=gc.mem_alloc())
-    button = Button(hw)
-    cue_until = 0
-    led = hw.led
-    buzzer = hw.buzzer
-    wdt = hw.wdt
-    while True:
-        now = hw.ticks_ms()
-        press = button.poll(now)
-        if press == "short":
-            if eng.state in (E.S_IDLE, E.S_DONE):
-                eng.start(now)
-            else:
-                eng.step_intensity(now)
-        elif press == "long":
-            if eng.state == E.S_FAULT:
-                eng.clear_fault()
-            else:
-                eng.stop()
-        t_us = hw.ticks_us()
-        try:
-            eng.tick(t_us, now)
-        except OSError as e:
-            # The ADC or DAC stopped answering on I2C: the current is unknown.
-            eng.trip(F_ADC, e.args[0] if e.args else 0)
-        if eng._ev_n:
-            for kind in eng._ev_kind[: eng._ev_n]:
-                if kind == E.E_CUE and buzzer is not None:
-                    buzzer.tone(True)
-                    cue_until = now + CUE_MS
-            report(eng, now)
-        if cue_until and hw.ticks_diff(now, cue_until) >= 0:
-            cue_until = 0
-            buzzer.tone(False)
-        if led is not None:
-            led.value(led_level(eng.state, now))
-        if wdt is not None:
-            wdt.feed()
-        # Sleep until the next conversion is due (at most 1 ms): a channel is revisited
-        # every ~2.5 ms, which bounds how long a fault can go unseen.
-        hw.sleep_us(eng.wait_us(hw.ticks_us()))
+    App(board, hw).run()
