@@ -78,9 +78,10 @@ _BLOCK_HDR_MAX = 5 + 5 + 1
 FS_BLOCK = 4096
 SEG_BYTES = 4 * FS_BLOCK - 64
 BUDGET_BYTES = 512 * 1024
-# Outside the segments' blocks: the /log directory's metadata pair (2 blocks) and the
+# Outside the segments: the /log directory (4 blocks by statvfs on LittleFS v2, measured:
+# its metadata pair and what mkdir adds to the root's) and the
 # block LittleFS copies an appended-to tail block into before it frees the old one.
-RESERVE_BLOCKS = 3
+RESERVE_BLOCKS = 5
 QUEUE_BYTES = 8192  # RAM queue: a 20-minute session's summaries fit (about 6 KB)
 
 TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 port

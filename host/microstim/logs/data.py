@@ -98,7 +98,7 @@ def _build(recs, corrupt, missing) -> LogData:
     boot_no = 0
     groups = []
     shift: dict[int, int] = {}
-    for key, r, d, off in rows:
+    for _key, r, d, _off in rows:
         if r.type == fw.T_BOOT:
             boot_no += 1
         groups.append(boot_no)
@@ -114,7 +114,7 @@ def _build(recs, corrupt, missing) -> LogData:
     sessions, summaries, events, boots = [], [], [], []
     open_s = None  # dict of the session being read
     by_seq = {}
-    for (key, r, d, off), grp in zip(rows, groups):
+    for (key, r, d, off), grp in zip(rows, groups, strict=True):
         if r.type == fw.T_BOOT:
             if open_s is not None:
                 open_s["end_reason"] = "reset"

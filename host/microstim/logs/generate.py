@@ -58,7 +58,7 @@ def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767254400,
                 session_days.append(day)
     fault_day = session_days[min(8, len(session_days) - 1)] if session_days else -1
     cut_day = session_days[min(14, len(session_days) - 1)] if len(session_days) > 15 else -1
-    for k, day in enumerate(session_days):
+    for day in session_days:
         base = start_unix + day * DAY_S
         hour = rng.choice([7.0, 7.5, 8.0, 20.5, 21.0, 21.5, 22.0])
         rtc = int(base + hour * 3600 + rng.integers(0, 1800))

@@ -156,8 +156,8 @@ def one_round(store, rtc):
             store.event(1 + rand(12), rtc, t, rand(100000) - 50000, rand(1000))
         elif r < 6:
             store.session_start(rtc, t, PROG, 100 + rand(300), 600, 5, 1 + rand(5))
-            for sec in range(rand(90)):
-                for j in range(10):
+            for _sec in range(rand(90)):
+                for _j in range(10):
                     store.sample(6400 + rand(200) - 100)
                 t += 1000
                 store.tick(t, 2 if rand(8) else 3, 20000 + rand(3000), 6400)
@@ -181,7 +181,7 @@ def one_round(store, rtc):
 store = L.LogStore(MNT + "/log", BUDGET, SEG, 4096)
 store.open(0)
 rtc = 1000
-for round_i in range(CUTS):
+for _round in range(CUTS):
     # A cut somewhere in the next few record writes (a record flush programs ~4-8 KB:
     # LittleFS copies the segment's tail block, then commits metadata).
     # One round in four runs long (up to ~100 record writes), so the log fills and rotates

@@ -79,7 +79,6 @@ def session(a):
     sp_cu = a["setpoint"] * 32
     level = a["level"]
     now = ticks[0]
-    t0 = now
     store.session_start(rtc0, now, prog, a["setpoint"], a["dur"], 5, level)
     lifts = a.get("lifts", [])
     intens = a.get("intens", [])
@@ -192,6 +191,6 @@ figures["flash_stall_us"] = bdev.stall_us
 for sid, size in store.segments():
     buf = bytearray(size)
     n = store.read_into(sid, 0, buf)
-    with open("%s/%08x.seg" % (OUT, sid), "wb") as fo:
+    with open(OUT + "/%08x.seg" % sid, "wb") as fo:  # noqa: UP031 (MicroPython)
         fo.write(memoryview(buf)[:n])
 print(json.dumps(figures))
