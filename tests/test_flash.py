@@ -354,3 +354,20 @@ def test_a_file_posing_as_the_pinned_release_is_refused(vboard, tmp_path, http_r
     assert r.returncode == 1
     assert "checksum mismatch" in r.stderr and "cd7820d02c35d34dd403b44263129c6a" in r.stderr
     assert vb.supervisor._download.sessions == 0
+
+
+def test_a_paced_link_is_paced_in_download_mode_too(vboard, tmp_path):
+    """With the virtual board's link limited to 115200 baud (a USB-UART), esptool's data
+    cannot reach the ROM faster than the wire allows."""
+    import time
+    import zlib
+
+    vb = vboard(baud=115200)
+    image = make_image(tmp_path / "fw.bin", "esp32", size=48 * 1024, seed=9)
+    floor_s = len(zlib.compress(image.read_bytes(), 9)) * 10 / 115200
+    t0 = time.perf_counter()
+    r = flash_cli("--port", vb.port, "--image", str(image), "--baud", "115200")
+    elapsed_s = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    assert elapsed_s >= floor_s, (elapsed_s, floor_s)
+    assert (vb.run_dir / "spiflash.bin").read_bytes()[0x1000 : 0x1000 + 48 * 1024] == image.read_bytes()

@@ -620,6 +620,7 @@ class DownloadMode:
         self.loader: RomLoader | None = None
         self.sessions = 0
         self._tail = b""
+        self._pending = bytearray()  # host bytes the (possibly paced) UART has not passed yet
         self._last_host_s = 0.0
         self._watch: _CloseWatch | None = None
 
@@ -634,13 +635,16 @@ class DownloadMode:
     def timeout_s(self) -> float | None:
         if self.state != "download":
             return None
-        return max(0.0, self._last_host_s + DOWNLOAD_IDLE_S - time.monotonic())
+        idle_s = max(0.0, self._last_host_s + DOWNLOAD_IDLE_S - time.monotonic())
+        if self._pending:  # wake up when the link's rate lets the next bytes through
+            return min(idle_s, self._sup._rx_bucket.delay_s())
+        return idle_s
 
     def from_host(self, data: bytes) -> bytes:
         """Bytes the host sent; returns what still goes to the MicroPython child."""
         if self.state == "download":
             self._last_host_s = time.monotonic()
-            self._answer(data)
+            self._pending += data
             return b""
         window = self._tail + data
         at = window.find(SYNC_FRAME_START)
@@ -649,13 +653,24 @@ class DownloadMode:
             return b"" if self.state == "halted" else data
         self._tail = b""
         self._enter()
-        self._answer(window[at:])
+        self._pending += window[at:]
+        self.tick(set())
         return b""
 
     def tick(self, readable: set[int]) -> None:
         """Called once per supervisor loop with the readable fds."""
         if self.state != "download":
             return
+        # Host bytes reach the ROM at the link's rate (a --baud limited board is paced in
+        # download mode too; CHANGE_BAUDRATE changes that rate).
+        n_bytes = min(len(self._pending), self._sup._rx_bucket.available())
+        if n_bytes:
+            chunk = bytes(self._pending[:n_bytes])
+            del self._pending[:n_bytes]
+            self._sup._rx_bucket.consume(n_bytes)
+            self._answer(chunk)
+            if self.state != "download":
+                return
         if self._watch is not None and self._watch.fd in readable and self._watch.closed():
             self.leave("the host closed the port")
         elif time.monotonic() - self._last_host_s >= DOWNLOAD_IDLE_S:
@@ -686,6 +701,7 @@ class DownloadMode:
 
     def leave(self, reason: str) -> None:
         log.debug("leaving download mode: %s", reason)
+        self._pending.clear()
         self.flash.save()
         if self._watch is not None:
             self._watch.close()
