@@ -96,7 +96,7 @@ print(bytes(b[:i]).hex())
 def test_summaries_decode_to_what_was_measured(tmp_path):
     """Known samples in, the host's decoded 1 Hz summaries out: mean, min, max (quarter uA),
     impedance (16 ohm), target and state per second, events at their ms."""
-    out = mp_run(f"""
+    out = mp_run("""
 f, bd = make_flash("img")
 s = L.LogStore("/fl/log"); s.open(0)
 s.session_start(1000, 500, STEADY, 200, 600, 5, 5)

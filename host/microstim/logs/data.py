@@ -76,7 +76,8 @@ def load(source: Archive | str | Path | dict) -> LogData:
         arch = source if isinstance(source, Archive) else Archive(Path(source).parent, Path(source).name)
         segs = [(key, sid, p.read_bytes()) for key, sid, p in arch.segment_files()]
         missing = [m for ep in arch.state["epochs"].values() for m in ep.get("missing", [])]
-        reported = arch.corruption_log()
+        reported = [F.Corruption(c["seg_id"], c["offset"], c["length"], c["reason"])
+                    for c in arch.corruption_log()]
     recs, corrupt = _records_of(segs)
     return _build(recs, corrupt + reported, missing)
 

@@ -34,9 +34,9 @@ def micropython() -> str:
     return str(here) if here.exists() else "micropython"
 
 
-def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767254400,
+def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767225600,
                noise_ua: tuple[float, float] = (0.2, 0.8)) -> dict:
-    """The actions of `days` days of use starting at start_unix (default 2026-01-01 UTC)."""
+    """The actions of `days` days of use starting at start_unix (default 2026-01-01 00:00 UTC)."""
     rng = np.random.default_rng(seed)
     actions: list[dict] = []
     # First power-on: the RTC has not been set yet (it counts from the epoch), then the
