@@ -35,8 +35,11 @@ def micropython() -> str:
 
 
 def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767225600,
-               noise_ua: tuple[float, float] = (0.2, 0.8)) -> dict:
-    """The actions of `days` days of use starting at start_unix (default 2026-01-01 00:00 UTC)."""
+               noise_ua: tuple[float, float] = (0.2, 0.8), daily: bool = False) -> dict:
+    """The actions of `days` days of use starting at start_unix (default 2026-01-01 00:00 UTC).
+
+    daily: one 10-minute session every day (the capacity requirement's case) instead of
+    the protocol followed imperfectly."""
     rng = np.random.default_rng(seed)
     actions: list[dict] = []
     # First power-on: the RTC has not been set yet (it counts from the epoch), then the
@@ -44,7 +47,7 @@ def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767225600,
     actions.append({"a": "boot", "rtc": 3, "cause": 1})
     actions.append({"a": "clock", "old": 40, "new": start_unix - 3600})
     actions.append({"a": "cal", "rtc": start_unix - 3500, "gain_q14": 16217, "offset_cu": -18})
-    holiday = range(38, 47) if days >= 50 else range(0)
+    holiday = range(38, 47) if days >= 50 and not daily else range(0)
     session_days: list[int] = []
     for week in range((days + 6) // 7):
         first = week * 7
@@ -52,6 +55,8 @@ def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767225600,
             n = rng.choice([5, 4, 3, 6, 1], p=[0.5, 0.25, 0.12, 0.08, 0.05])
         else:
             n = rng.choice([2, 3, 1, 4], p=[0.45, 0.4, 0.1, 0.05])
+        if daily:
+            n = 7
         for d in sorted(rng.choice(7, size=n, replace=False)):
             day = first + int(d)
             if day < days and day not in holiday:
@@ -67,7 +72,7 @@ def plan_usage(days: int = 30, seed: int = 1, start_unix: int = 1767225600,
             actions.append({"a": "usb", "rtc": rtc - 20, "v": 1})
             actions.append({"a": "usb", "rtc": rtc - 10, "v": 0})
         prog = str(rng.choice(["steady", "lift", "tone", "fine"], p=[0.7, 0.1, 0.15, 0.05]))
-        dur = int(rng.choice([600, 300, 900], p=[0.8, 0.1, 0.1]))
+        dur = 600 if daily else int(rng.choice([600, 300, 900], p=[0.8, 0.1, 0.1]))
         n_lifts = int(rng.poisson(1.5))
         lifts = sorted([[float(rng.uniform(20, dur - 20)), float(rng.uniform(1, 6))] for _ in range(n_lifts)])
         intens = []
