@@ -9,7 +9,7 @@ import gc
 import json
 import os
 
-from msfw import VERSION, programs, proto
+from msfw import VERSION, calib, logstore, programs, proto
 from msfw import board as boardmod
 from msfw import config as cfgmod
 from msfw import engine as E
@@ -119,6 +119,7 @@ def report(eng, now):
 
 
 FAULT_HISTORY = 16
+LOG_CHUNK = 4096
 RUNNING = (E.S_RAMP, E.S_STIM, E.S_PAUSED)
 
 
@@ -138,13 +139,39 @@ class App:
         self.t_boot = hw.ticks_ms()
         self.link = None
         self.server = None
+        self.log = None
+        self.log_buf = None
+        self.self_check = None
+
+    def boot(self):
+        """Open (and if need be repair) the log, record the boot, run the self-check."""
+        import machine
+
+        try:
+            self.log = logstore.LogStore()
+            self.log.open(rtc_s())
+            self.log.boot(rtc_s(), machine.reset_cause(), VERSION, self.board.name)
+        except OSError as e:  # no filesystem: the device still works, without a log
+            emit("log_error", errno=e.args[0] if e.args else 0)
+            self.log = None
+        try:
+            self.self_check = calib.self_check(self.hw)
+        except OSError as e:
+            self.self_check = {"ok": False, "faults": ["adc"], "code": e.args[0] if e.args else 0}
+        self.eng.apply_self_check(self.self_check)
+        if self.log is not None:
+            self.log.flush()
 
     def _engine(self, cfg):
         try:
-            return E.Engine(self.hw, cfg)
+            eng = E.Engine(self.hw, cfg)
         except (programs.ProgramError, ValueError) as e:
             emit("config_error", message=str(e))
-            return E.Engine(self.hw, dict(DEFAULTS))
+            eng = E.Engine(self.hw, dict(DEFAULTS))
+        sc = getattr(self, "self_check", None)
+        if sc is not None:
+            eng.apply_self_check(sc)
+        return eng
 
     def serve_host(self):
         try:
@@ -155,7 +182,7 @@ class App:
         proto.cleanup()
         ops = {}
         for name in ("status", "start", "stop", "clear_fault", "intensity", "config_get",
-                     "config_set", "info", "telemetry"):
+                     "config_set", "info", "telemetry", "calibrate", "log_list", "log_read"):
             ops[name] = getattr(self, "op_" + name)
         self.server = proto.Server(self.link, self.hello_info, ops,
                                    bulk_ok=lambda: self.eng.state not in RUNNING)
@@ -271,10 +298,77 @@ class App:
             "micropython": ".".join(str(x) for x in sys.implementation.version[:3]),
             "uid": uid_hex(), "reset_cause": machine.reset_cause(),
             "ceiling_ua": self.board.ceiling_ua, "usb_isolated": self.board.usb_isolated,
-            "calibration": None, "faults": self.faults, "config": self.cfg,
+            "calibration": self.calibration_info(), "self_check": self.self_check,
+            "faults": self.faults, "config": self.cfg,
             "mem_free": gc.mem_free(),
             "uptime_s": self.hw.ticks_diff(self.hw.ticks_ms(), self.t_boot) // 1000,
         }
+
+    def calibration_info(self):
+        cal, why = calib.check(self.board)
+        eng = self.eng
+        out = {"status": why, "ceiling_ua": eng.ceiling_ua, "calibrated": eng.calibrated}
+        if cal is not None:
+            out["values"] = cal
+        elif why != "ok":
+            out["note"] = ("uncalibrated: sessions are limited to %d%% of the board's ceiling; "
+                           "run `microstim calibrate`" % int(calib.UNCALIBRATED_CEILING * 100))
+        return out
+
+    def op_calibrate(self, req):
+        if self.eng.state in RUNNING:
+            raise proto.Error("busy", "a session is running: stop it, put the reference "
+                              "resistor across the probes, then calibrate")
+        r = req.get("r_ref_ohm")
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            raise proto.Error("bad_request", "r_ref_ohm: the reference resistor's value in ohm "
+                              "is required", {"field": "r_ref_ohm"})
+        if r < calib.R_REF_MIN_OHM or r > calib.R_REF_MAX_OHM:
+            raise proto.Error("bad_value", "r_ref_ohm = %s is outside %d..%d" % (
+                r, calib.R_REF_MIN_OHM, calib.R_REF_MAX_OHM),
+                {"field": "r_ref_ohm", "value": r,
+                 "limit": [calib.R_REF_MIN_OHM, calib.R_REF_MAX_OHM]})
+        self.eng.stop(E.END_HOST)
+        try:
+            res = calib.run(self.hw, r)
+        finally:
+            self.hw.output_off()
+        if not res.get("ok"):
+            raise proto.Error("calibration_failed", res.get("error", "calibration failed"))
+        self.eng = self._engine(self.cfg)  # the new calibration applies from now on
+        if self.log is not None:
+            cal = res.get("values") or res
+            self.log.event(logstore.EV_CALIBRATION, rtc_s(), self.hw.ticks_ms(),
+                           int(cal.get("adc_gain", 1) * 16384),
+                           int(cal.get("adc_offset_ua", 0) * 32))
+        return res
+
+    def op_log_list(self, req):
+        if self.log is None:
+            raise proto.Error("no_log", "this device has no session log (no filesystem)")
+        if self.eng.state not in RUNNING:
+            self.log.flush()
+        return {"log_id": getattr(self.log, "log_id", None), "segments": self.log.segments(),
+                "pending": self.log.pending()}
+
+    def op_log_read(self, req):
+        if self.log is None:
+            raise proto.Error("no_log", "this device has no session log (no filesystem)")
+        if self.eng.state in RUNNING:
+            raise proto.Error("busy", "the output is on: pull the log after the session")
+        seg = proto._int(req, "seg", 0, 1 << 30)
+        off = proto._int(req, "off", 0, 1 << 24)
+        n = proto._int(req, "n", 1, LOG_CHUNK)
+        buf = self.log_buf
+        if buf is None or len(buf) < n:
+            buf = self.log_buf = bytearray(LOG_CHUNK)
+        try:
+            got = self.log.read_into(seg, off, memoryview(buf)[:n])
+        except OSError:
+            raise proto.Error("not_found", "segment %d is gone (rotated out)" % seg,
+                              {"field": "seg", "value": seg})
+        data = bytes(buf[:got])
+        return {"seg": seg, "off": off, "crc": proto.crc32(data), "_bin": data}
 
     def op_telemetry(self, req):
         hz = proto._int(req, "hz", 0, 50)
@@ -302,12 +396,51 @@ class App:
              cl=eng.compliance_limited)
 
     def note_events(self, now):
-        for i in range(self.eng._ev_n):
-            if self.eng._ev_kind[i] == E.E_FAULT:
-                self.faults.append([FAULT_NAMES[self.eng._ev_val[i]], self.eng.sup.fault_value,
+        eng = self.eng
+        log = self.log
+        for i in range(eng._ev_n):
+            kind = eng._ev_kind[i]
+            val = eng._ev_val[i]
+            if kind == E.E_FAULT:
+                self.faults.append([FAULT_NAMES[val], eng.sup.fault_value,
                                     self.hw.ticks_diff(now, self.t_boot)])
                 if len(self.faults) > FAULT_HISTORY:
                     self.faults.pop(0)
+            if log is None:
+                continue
+            t = rtc_s()
+            if kind == E.E_STATE and val == E.S_RAMP and not log.in_session:
+                log.session_start(t, now, logstore.program_info(self.cfg["program"], eng.program),
+                                  int(eng.setpoint_cu / 32), eng.duration_ms // 1000,
+                                  eng.cue_ms // 1000, eng.level)
+            elif kind == E.E_END:
+                log.session_end(t, now, val, eng.reg.gain_q14)
+            elif kind == E.E_FAULT:
+                log.event(logstore.EV_FAULT, t, now, val, eng.sup.fault_value)
+                if log.in_session:
+                    log.session_end(t, now, logstore.END_FAULT, eng.reg.gain_q14)
+            elif kind == E.E_CONTACT_LOST:
+                log.event(logstore.EV_CONTACT_LOST, t, now, val)
+            elif kind == E.E_CONTACT_OK:
+                log.event(logstore.EV_CONTACT_OK, t, now, val)
+            elif kind == E.E_INTENSITY:
+                log.event(logstore.EV_INTENSITY, t, now, val)
+            elif kind == E.E_CLEARED:
+                log.event(logstore.EV_FAULT_CLEARED, t, now)
+            elif kind == E.E_REFUSED:
+                log.event(logstore.EV_REFUSED, t, now, val)
+
+    def record(self, now):
+        """Once per loop pass: the 1 Hz summaries while a session runs (allocation-free,
+        into RAM); the flash writes only while the output is off."""
+        log = self.log
+        eng = self.eng
+        if eng.state in RUNNING:
+            if log.in_session:
+                log.sample(eng.measured_q4 >> 4)
+                log.tick(now, eng.state, eng.sup.z_ref, eng.level_target())
+        elif log._qn:
+            log.flush(512)
 
     def session_over(self):
         if self.pending_cfg is not None and self.eng.state not in RUNNING:
@@ -320,6 +453,7 @@ class App:
         gc.collect()
         emit("boot", version=VERSION, board=self.board.name, program=self.cfg["program"],
              mem_free=gc.mem_free(), mem_alloc=gc.mem_alloc())
+        self.boot()
         self.serve_host()
         link = self.link
         server = self.server
@@ -356,6 +490,8 @@ class App:
                 self.note_events(now)
                 report(eng, now)
                 self.session_over()
+            if self.log is not None:
+                self.record(now)
             if cue_until and hw.ticks_diff(now, cue_until) >= 0:
                 cue_until = 0
                 buzzer.tone(False)
@@ -379,6 +515,12 @@ class App:
             # Sleep until the next conversion is due (at most 1 ms): a channel is revisited
             # every ~2.5 ms, which bounds how long a fault can go unseen.
             hw.sleep_us(eng.wait_us(hw.ticks_us()))
+
+
+def rtc_s():
+    import time
+
+    return time.time()
 
 
 def uid_hex():

@@ -73,6 +73,11 @@ def intensity(port: str | None, level: int) -> dict:
     return _call(port, "intensity", level=level)
 
 
+def calibrate(port: str | None, r_ref_ohm: float) -> dict:
+    """Run the device's calibration with a reference resistor across the probes."""
+    return _call(port, "calibrate", timeout=120, r_ref_ohm=r_ref_ohm)
+
+
 # ---- config ----------------------------------------------------------------------------
 def config_show(port: str | None = None) -> dict:
     return _call(port, "config_get")

@@ -380,5 +380,80 @@ def monitor(port, hz, seconds, as_json):
         api.monitor(port, hz=hz, seconds=seconds, on_event=view.update)
 
 
+@click.command("pull")
+@port_option
+@click.option("--archive", "root", type=click.Path(file_okay=False),
+              help="Archive folder (default: the user data dir; one folder per device id).")
+@progress_option
+@json_option
+@handled
+def logs_pull(port, root, progress, as_json):
+    """Fetch the records this computer does not have yet (resumes after an interruption;
+    every checksum verified; corruption reported, never stored).
+
+    \b
+    Examples:
+      microstim logs pull
+      microstim logs pull --archive ./field-logs --json
+    """
+    from .logpull import pull
+
+    d = pull(port, root, progress=progress).as_dict()
+
+    def human(d):
+        rate = d["bytes"] / d["seconds"] if d["seconds"] else 0
+        click.echo(f"device {d['uid']}: {d['records']} new records ({d['bytes']} bytes, "
+                   f"{rate:.0f} B/s) into {d['archive']}")
+        for c in d["corrupt"]:
+            click.echo(f"  corrupt: {c}", err=True)
+        if d["lost_segments"]:
+            click.echo(f"  segments rotated out on the device before this pull: {d['lost_segments']}",
+                       err=True)
+
+    _out(d, as_json, human)
+
+
+@main.command()
+@port_option
+@click.option("--r-ref", "r_ref_ohm", type=float, required=True,
+              help="The reference resistor across the probes, in ohm (1k..40k; 0.1 %% parts).")
+@json_option
+@handled
+def calibrate(port, r_ref_ohm, as_json):
+    """Two-point calibration of the current source and its measurement against a reference
+    resistor across the probes; stored on the device with a checksum, shown by `info`.
+
+    \b
+    Example (a 10 kΩ 0.1 % resistor across the probes, nobody touching them):
+      microstim calibrate --r-ref 10000
+    """
+    from . import api
+
+    d = api.calibrate(port, r_ref_ohm)
+    _out(d, as_json, lambda d: click.echo(
+        f"calibrated: DAC {d['dac_gain_vs_nominal']:.4f} x nominal, offset {d['dac_offset_ua']:.2f} µA; "
+        f"ADC {d['adc_gain']:.4f} x nominal, offset {d['adc_offset_ua']:.2f} µA; "
+        f"residuals DAC {d['dac_residual_ua']:.2f} µA, ADC {d['adc_residual_ua']:.2f} µA"))
+
+
+def _wire() -> None:
+    """Commands that live in their own modules."""
+    from .boards import boards_command
+    from .characterise import characterise_command
+    from .flashing import flash_command
+    from .logs.cli import group as logs_group
+    from .report import command as report_command
+
+    main.add_command(flash_command, "flash")
+    main.add_command(boards_command, "boards")
+    main.add_command(characterise_command, "characterise")
+    logs_group.add_command(logs_pull, "pull")
+    main.add_command(logs_group, "logs")
+    main.add_command(report_command, "report")
+
+
+_wire()
+
+
 if __name__ == "__main__":
     main()
