@@ -192,6 +192,10 @@ def _set_raw(fd: int, *, signals: bool) -> None:
     if signals:
         attrs = termios.tcgetattr(fd)
         attrs[3] |= termios.ISIG
+        # Only 0x03 is special on a board's UART: no Ctrl-\ (SIGQUIT) or Ctrl-Z (SIGTSTP)
+        # from binary data that happens to contain those bytes.
+        attrs[6][termios.VQUIT] = b"\x00"
+        attrs[6][termios.VSUSP] = b"\x00"
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
