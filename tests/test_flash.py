@@ -371,3 +371,20 @@ def test_a_paced_link_is_paced_in_download_mode_too(vboard, tmp_path):
     assert r.returncode == 0, r.stderr
     assert elapsed_s >= floor_s, (elapsed_s, floor_s)
     assert (vb.run_dir / "spiflash.bin").read_bytes()[0x1000 : 0x1000 + 48 * 1024] == image.read_bytes()
+
+
+def test_flash_then_deploy_in_one_command(vboard, tmp_path):
+    """The maker's one command: blank the board, write MicroPython, deploy the firmware."""
+    import os
+
+    vb = vboard()
+    image = make_image(tmp_path / "fw.bin", "esp32", seed=10)
+    r = subprocess.run([*CLI, "--port", vb.port, "--image", str(image), "--json"],
+                       capture_output=True, text=True, timeout=180, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["erased"] and result["sha256"] == sha(image)
+    dep = result["deploy"]
+    assert "/boot.py" in dep["sent"] and "/board.json" in dep["sent"] and dep["restarted"]
+    names = files_on(vb.port)
+    assert {"boot.py", "main.py", "board.json", "pins.csv", "msfw"} <= set(names)

@@ -399,10 +399,14 @@ def flash(
 def wait_for_micropython(port: str, timeout_s: float = REPL_TIMEOUT_S) -> str:
     """Wait until the board answers at MicroPython's REPL; returns its banner line.
 
-    Ctrl-C stops whatever runs, Ctrl-A enters the raw REPL and Ctrl-B leaves it, which
-    prints the friendly banner ("MicroPython v1.28.0 on ...; Generic ESP32 module...")."""
+    A freshly flashed board has no main.py: it boots to the REPL and prints the banner
+    ("MicroPython v1.28.0 on ...; Generic ESP32 module with ESP32"), which is awaited
+    first, so nothing interrupts the boot (it creates the filesystem). If the banner went
+    by before the port was open, or something runs, Ctrl-C stops it, Ctrl-A enters the
+    raw REPL and Ctrl-B leaves it, which prints the banner again."""
     deadline = time.monotonic() + timeout_s
     last = None
+    first = True
     while time.monotonic() < deadline:
         try:
             ser = ports.open_port(port, ROM_BAUD, timeout=0.2)
@@ -411,19 +415,19 @@ def wait_for_micropython(port: str, timeout_s: float = REPL_TIMEOUT_S) -> str:
             time.sleep(0.3)
             continue
         try:
-            buf = b""
+            if first:
+                first = False
+                buf = _read_until(ser, b">>> ", 3.0)
+                m = re.search(rb"(MicroPython [^\r\n]*)\r\nType \"help\(\)\"", buf)
+                if m and buf.endswith(b">>> "):
+                    return m.group(1).decode(errors="replace")
             ser.write(b"\r\x03\x03\x01")
-            t_step = time.monotonic()
-            while b"raw REPL; CTRL-B to exit" not in buf and time.monotonic() - t_step < 2.0:
-                buf += ser.read(256)
+            buf = _read_until(ser, b"raw REPL; CTRL-B to exit", 2.0)
             if b"raw REPL; CTRL-B to exit" not in buf:
                 last = f"no raw REPL prompt (got {buf[-80:]!r})"
                 continue
             ser.write(b"\x02")
-            buf = b""
-            t_step = time.monotonic()
-            while b'Type "help()"' not in buf and time.monotonic() - t_step < 2.0:
-                buf += ser.read(256)
+            buf = _read_until(ser, b'Type "help()"', 2.0)
             m = re.search(rb"(MicroPython [^\r\n]*)\r\n", buf)
             if m:
                 return m.group(1).decode(errors="replace")
@@ -436,6 +440,14 @@ def wait_for_micropython(port: str, timeout_s: float = REPL_TIMEOUT_S) -> str:
     raise DeviceError(f"{port}: the board did not start MicroPython within {timeout_s:.0f} s after "
                       f"flashing ({last}); press EN (RST) once, and if it still shows nothing, "
                       "flash again with --image set to a MicroPython image for this chip")
+
+
+def _read_until(ser, marker: bytes, timeout_s: float) -> bytes:
+    buf = b""
+    t_end = time.monotonic() + timeout_s
+    while marker not in buf and time.monotonic() < t_end:
+        buf += ser.read(256)
+    return buf
 
 
 @contextmanager
@@ -506,7 +518,8 @@ def flash_command(port, board, image, sha256, baud, no_erase, no_deploy, no_prog
                 raise MicrostimError("MicroPython is on the board, but this microstim has no "
                                      "deploy step yet; run `microstim deploy` when it does") from None
             echo("deploying the firmware")
-            result["deploy"] = deploy_mod.deploy(result["port"], board=result["board"], progress=show)
+            done = deploy_mod.deploy(result["port"], board=board, progress=show)
+            result["deploy"] = done.as_dict() if hasattr(done, "as_dict") else done
     except MicrostimError as e:
         click.echo(f"microstim: {e}", err=True)
         sys.exit(e.exit_code)
@@ -518,6 +531,10 @@ def flash_command(port, board, image, sha256, baud, no_erase, no_deploy, no_prog
                    f"({result['chip_description']}) in {result['seconds']:.1f} s")
         if result.get("banner"):
             click.echo(f"board answers: {result['banner']}")
+        dep = result.get("deploy")
+        if isinstance(dep, dict):
+            click.echo(f"deployed {len(dep.get('sent', []))} files ({dep.get('bytes_sent', 0)} bytes) "
+                       f"in {dep.get('seconds', 0):.1f} s; the board runs the firmware")
 
 
 if __name__ == "__main__":
