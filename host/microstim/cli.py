@@ -438,6 +438,7 @@ def calibrate(port, r_ref_ohm, as_json):
 
 def _wire() -> None:
     """Commands that live in their own modules."""
+    from .bench import bench_command
     from .boards import boards_command
     from .characterise import characterise_command
     from .flashing import flash_command
@@ -447,6 +448,7 @@ def _wire() -> None:
     main.add_command(flash_command, "flash")
     main.add_command(boards_command, "boards")
     main.add_command(characterise_command, "characterise")
+    main.add_command(bench_command, "bench")
     logs_group.add_command(logs_pull, "pull")
     main.add_command(logs_group, "logs")
     main.add_command(report_command, "report")
