@@ -101,6 +101,7 @@ class BenchRow:
     bench_pos_ua: float
     bench_neg_ua: float
     samples: int
+    note: str = ""
 
     @property
     def device_err_ua(self) -> float:
@@ -121,37 +122,63 @@ def _status(dev) -> dict:
     return dev.request("status")
 
 
+def _measure_one(dev, adc: BenchADC, sp: float, program: str, measure_s: float, settle_s: float,
+                 start_timeout_s: float, sleep) -> tuple[np.ndarray, list]:
+    dev.request("start", program=program, setpoint_ua=float(sp), duration_s=600)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        st = _status(dev)
+        while st.get("state") != "stimulating":
+            if st.get("fault") not in (None, "none") or st.get("state") in ("fault", "idle"):
+                raise DeviceError(f"setpoint {sp:g} uA: the device stopped ({st.get('state')}, "
+                                  f"fault {st.get('fault')}); is the reference resistor connected?")
+            if time.monotonic() > deadline:
+                raise DeviceError(f"setpoint {sp:g} uA: no steady stimulation after "
+                                  f"{start_timeout_s:g} s (state {st.get('state')})")
+            sleep(0.2)
+            st = _status(dev)
+        sleep(settle_s)
+        device_readings = [_status(dev).get("measured_ua")]
+        volts = adc.sample(measure_s)
+        device_readings.append(_status(dev).get("measured_ua"))
+        return volts, device_readings
+    finally:
+        dev.request("stop")
+
+
 def run_bench(dev, adc: BenchADC, *, setpoints=DEFAULT_SETPOINTS_UA, ref_ohm: float = DEFAULT_REF_OHM,
               program: str = "steady", measure_s: float = 2.0, settle_s: float = 0.5,
               start_timeout_s: float = 20.0, sleep=time.sleep, progress=None) -> list[BenchRow]:
     """For each setpoint: start a session, wait for steady stimulation, sample the bench ADC
-    and the device's own reading, stop. `dev` is a connected microstim.device.Device."""
+    and the device's own reading, stop. `dev` is a connected microstim.device.Device.
+
+    A session that faults before it is steady is reported in the row's note, the fault is
+    cleared (`clear_fault`) and the setpoint tried once more."""
     rows = []
     for sp in setpoints:
-        dev.request("start", program=program, setpoint_ua=float(sp), duration_s=600)
-        try:
-            deadline = time.monotonic() + start_timeout_s
-            st = _status(dev)
-            while st.get("state") != "stimulating":
-                if st.get("fault") not in (None, "none") or st.get("state") in ("fault", "idle"):
-                    raise DeviceError(f"setpoint {sp:g} uA: the device stopped ({st.get('state')}, "
-                                      f"fault {st.get('fault')}); is the reference resistor connected?")
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"setpoint {sp:g} uA: no steady stimulation after "
-                                      f"{start_timeout_s:g} s (state {st.get('state')})")
-                sleep(0.2)
+        notes = []
+        result = None
+        for _attempt in range(2):
+            try:
+                result = _measure_one(dev, adc, sp, program, measure_s, settle_s, start_timeout_s, sleep)
+                break
+            except DeviceError as e:
+                notes.append(str(e).split(": ", 1)[-1])
                 st = _status(dev)
-            sleep(settle_s)
-            device_readings = [_status(dev).get("measured_ua")]
-            volts = adc.sample(measure_s)
-            device_readings.append(_status(dev).get("measured_ua"))
-        finally:
-            dev.request("stop")
-        pos, neg, used = plateau_amplitude(volts)
-        readings = [float(x) for x in device_readings if isinstance(x, (int, float))]
-        row = BenchRow(float(sp), (pos + neg) / 2 / ref_ohm * 1e6,
-                       statistics.fmean(readings) if readings else math.nan,
-                       pos / ref_ohm * 1e6, neg / ref_ohm * 1e6, used)
+                if st.get("fault") in (None, "none"):
+                    raise
+                dev.request("clear_fault")
+                sleep(0.5)
+        if result is None:
+            row = BenchRow(float(sp), math.nan, math.nan, math.nan, math.nan, 0, "; ".join(notes))
+        else:
+            volts, device_readings = result
+            pos, neg, used = plateau_amplitude(volts)
+            readings = [float(x) for x in device_readings if isinstance(x, (int, float))]
+            row = BenchRow(float(sp), (pos + neg) / 2 / ref_ohm * 1e6,
+                           statistics.fmean(readings) if readings else math.nan,
+                           pos / ref_ohm * 1e6, neg / ref_ohm * 1e6, used,
+                           ("retried after: " + "; ".join(notes)) if notes else "")
         rows.append(row)
         if progress:
             progress(row)
@@ -163,12 +190,12 @@ def table(rows: list[BenchRow], ref_ohm: float) -> str:
     lines = [f"reference resistor {ref_ohm:g} ohm; bench = independent ADS1115 across it",
              "",
              "| setpoint (µA) | bench (µA) | device (µA) | device − bench (µA) | device − bench (%) "
-             "| bench − setpoint (µA) | + / − phase (µA) |",
-             "|---|---|---|---|---|---|---|"]
+             "| bench − setpoint (µA) | + / − phase (µA) | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pct = 100 * r.device_err_ua / r.bench_ua if r.bench_ua else math.nan
         lines.append(f"| {r.setpoint_ua:g} | {r.bench_ua:.2f} | {r.device_ua:.2f} | {r.device_err_ua:+.2f} | "
-                     f"{pct:+.2f} | {r.delivered_err_ua:+.2f} | {r.bench_pos_ua:.1f} / {r.bench_neg_ua:.1f} |")
+                     f"{pct:+.2f} | {r.delivered_err_ua:+.2f} | {r.bench_pos_ua:.1f} / {r.bench_neg_ua:.1f} | {r.note} |")
     return "\n".join(lines)
 
 
