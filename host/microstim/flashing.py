@@ -25,9 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -334,7 +334,14 @@ def flash(
             bar_state["advance"](done - bar_state["done"])
             bar_state["done"] = done
 
-    from esptool.cmds import attach_flash, detect_chip, erase_flash, reset_chip, run_stub, write_flash
+    from esptool.cmds import (
+        attach_flash,
+        detect_chip,
+        erase_flash,
+        reset_chip,
+        run_stub,
+        write_flash,
+    )
     from esptool.util import FatalError
 
     with _esptool_log(on_progress) as out:
@@ -457,8 +464,14 @@ def _bar(show: bool, description: str, total: int | None):
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(),

@@ -35,6 +35,13 @@ The virtual board cannot execute the image it is given: leaving download mode, i
 the image header at the board's offset (magic 0xE9, the extended header's chip id) as
 the ROM and the second-stage bootloader do, and then boots its MicroPython; an erased or
 foreign image keeps it in the ROM, printing what an ESP32 prints, until the next download.
+
+Limits: only the ESP32's ROM is emulated (a virtual board defined with another chip still
+answers as an ESP32, so `microstim flash` refuses it as a wrong chip); secure boot, flash
+encryption, eFuse writes and USB-JTAG resets are not. Without modem lines the board
+cannot see esptool's DTR/RTS resets: it enters download mode on SYNC and leaves it when
+the port is closed, when the loader is told to run the app, or after DOWNLOAD_IDLE_S of
+silence, where a real board would wait in its ROM until EN is pressed.
 """
 
 from __future__ import annotations
