@@ -160,3 +160,17 @@ def test_characterise_command_json(tmp_path):
     assert rows[0]["density_peak_ma_cm2"] == pytest.approx(rows[0]["i_max_ua"] / 1000 / 0.5)
     r = CliRunner().invoke(ch.characterise_command, ["--program", "zap"])
     assert r.exit_code == 2 and "no program 'zap'" in r.output
+
+
+def test_a_software_switched_cycle_starting_early_stays_out_of_the_window():
+    prog = ch.program_spec("lift")  # 0.5 Hz, 600 ms phases, switched by the app (ms timing)
+    rows = []
+    for n in range(8):
+        t = 1_000_000 + n * 2_000_000 - (300 if n == 5 else 0)  # cycle 5 starts 0.3 ms early
+        rows.append((t, 600_000, 400.0, 5.0))
+        rows.append((t + 800_000, 600_000, -400.0, 5.0))
+    sel, window_s = ch.window_phases(_phases(rows), prog, 4.0)
+    assert window_s == pytest.approx(6.0) and sel["t_us"][0] == 5_000_000
+    assert len(sel) == 6  # three whole cycles, not the early fourth one
+    f = ch.figures(sel, prog, 10_000.0, 1.0, window_s)
+    assert f["net_charge_per_pulse_uc"] == pytest.approx(0.0)

@@ -132,7 +132,9 @@ def window_phases(phases: np.ndarray, prog: dict, t_from_s: float) -> tuple[np.n
         return phases[:0], 0.0
     t0 = t[starts[0]]
     t1 = t0 + k * cyc * 1e6
-    sel = (t >= t0) & (t < t1 - 1)
+    # The next cycle starts at t1, give or take the timing of a software-switched program
+    # (lift): a quarter period of margin keeps its first phase out.
+    sel = (t >= t0) & (t < t1 - 0.25 * period_us)
     return phases[sel], k * cyc
 
 
