@@ -53,6 +53,7 @@ def dev():
             mp.delitem(sys.modules, name, raising=False)
         _load("_ads1115")
         vworld = _load("_vworld")
+        _load("_mcp4725")  # machine imports it
         machine = _load("machine")
         yield vworld, machine
 
