@@ -329,11 +329,11 @@ b = boardmod.load({str(ROOT / 'boards/virtual/board.json')!r}, {str(ROOT / 'boar
 hw = Hardware(b)
 f, bd = make_flash({str(tmp_path / 'img')!r})
 log = L.LogStore("/fl/log"); log.open(time.time())
-eng = E.Engine(hw, {{"program": "steady", "setpoint_ua": 200, "duration_s": 40, "cue_s": 5}})
+eng = E.Engine(hw, {{"program": "steady", "setpoint_ua": 200, "duration_s": 60, "cue_s": 5}})
 prog = L.program_info("steady", eng.program)
 now = hw.ticks_ms()
 eng.start(now)
-log.session_start(time.time(), now, prog, eng.setpoint_cu // 32, 40, 5, eng.level)
+log.session_start(time.time(), now, prog, eng.setpoint_cu // 32, 60, 5, eng.level)
 while eng.state != E.S_DONE:
     now = hw.ticks_ms()
     eng.tick(hw.ticks_us(), now)
@@ -353,11 +353,12 @@ log.flush()
 dump(log, {str(tmp_path)!r})
 print("done")
 """
-    r = mp(code, scenario=[{"at_s": 15, "event": "lift"}, {"at_s": 17, "event": "contact", "area": 1.0}])
+    # (The engine resumes about 25 s after this re-contact, on the virtual board as of now.)
+    r = mp(code, scenario=[{"at_s": 10, "event": "lift"}, {"at_s": 12, "event": "contact", "area": 1.0}])
     assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
     d = D.load(segments_in(tmp_path))
     s = d.sessions[0]
-    assert s["end_reason"] == "auto_off" and 39 <= s["seconds"] <= 41
+    assert s["end_reason"] == "auto_off" and 59 <= s["seconds"] <= 61
     m = d.summaries[d.summaries["state"] == "stimulating"]
     assert abs(np.median(m["i_mean_ua"]) - 200) < 5
     # The virtual skin: 2 kOhm in series with 30 kOhm || 0.1 uF, seen at 20 ms phases.
