@@ -936,10 +936,6 @@ class PowerCut(OSError):
     """The flash lost power in the middle of an operation (raised by FileBlockDev)."""
 
 
-class PowerCut(OSError):
-    """The flash lost power in the middle of an operation (raised by FileBlockDev)."""
-
-
 class FileBlockDev:
     """NOR-flash-like block device over a host file (4096-byte erase blocks).
 
