@@ -18,7 +18,7 @@ DEFAULTS = {
 FIELDS = {
     "program": ("program", None, None, "", "named pulse program"),
     "setpoint_ua": ("number", 10, None, "uA", "current at the top intensity level"),
-    "duration_s": ("int", 60, MAX_DURATION_S, "s", "auto-off after this long"),
+    "duration_s": ("int", 10, MAX_DURATION_S, "s", "auto-off after this long"),
     "cue_s": ("int", 2, 60, "s", "relocation beep interval"),
 }
 
