@@ -160,3 +160,39 @@ def test_impedance_jump_pauses_and_resumes_with_a_soft_start(tmp_path):
     # ...and the return is a fresh soft start.
     assert np.abs(first_back["i_peak_ua"][:3]).max() < 0.7 * SETPOINT
     assert tr.phases["i_peak_ua"].max() <= 1.05 * SETPOINT
+
+
+def macro_net(p, t0_s, t1_s):
+    """Net charge (uC) and mean |phase charge| over whole macro periods in [t0, t1): a
+    period starts at a + phase that follows a - phase."""
+    p = stim(p)
+    p = p[(p["flags"] & F_OPEN) == 0]
+    sign = np.sign(p["i_mean_ua"])
+    starts = p["t_us"][np.r_[True, sign[:-1] < 0] & (sign > 0)]
+    starts = starts[(starts >= t0_s * 1e6) & (starts <= t1_s * 1e6)]
+    w = p[(p["t_us"] >= starts[0]) & (p["t_us"] < starts[-1])]
+    q = w["i_mean_ua"].astype(float) * w["dur_us"] * 1e-6
+    return float(q.sum()), float(np.abs(q).mean()), (starts[-1] - starts[0]) / 1e6
+
+
+@pytest.mark.parametrize("program, seconds", [("fine", 20.0), ("lift", 30.0), ("steady", 12.0)])
+def test_net_charge_within_1_percent_of_a_phase_per_minute(tmp_path, program, seconds):
+    # From the start of the session: the soft start steps once per macro period, so its
+    # pairs are balanced too. Limit: |net charge| per minute <= 1 % of one phase's charge.
+    tr, console = run(tmp_path, [], seconds=1.0 + seconds, config={"program": program})
+    net, q_phase, span_s = macro_net(tr.phases, 1.0, 1.0 + seconds)
+    assert span_s > 0.6 * seconds, console
+    assert abs(net) * 60.0 / span_s <= 0.01 * q_phase, (net, q_phase, span_s)
+
+
+def test_soft_start_steps_in_whole_pairs(tmp_path):
+    # Every +/- pair of the ramp carries one amplitude (the DAC moves only between pairs).
+    tr, _ = run(tmp_path, [], seconds=3.0)
+    p = stim(tr.phases)
+    ramp = p[p["t_us"] < 2.6e6]
+    assert len(ramp) >= 20 and ramp["i_mean_ua"][0] > 0
+    pos, neg = ramp["i_mean_ua"][0::2], ramp["i_mean_ua"][1::2]
+    n = min(len(pos), len(neg))
+    assert np.all(pos[:n] > 0) and np.all(neg[:n] < 0)
+    assert np.abs(pos[:n] + neg[:n]).max() < 1e-3
+    assert len(np.unique(np.round(pos[:n], 3))) >= 10  # and it does ramp, in steps

@@ -14,7 +14,15 @@ from micropython import const
 from msfw import calib, programs, pulse
 from msfw.regulator import Regulator
 from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
-from msfw.supervisor import C_NONE, F_ADC, F_NONE, F_REGULATION, F_SELF_CHECK, F_USB, Supervisor
+from msfw.supervisor import (
+    C_NONE,
+    F_ADC,
+    F_NONE,
+    F_REGULATION,
+    F_SELF_CHECK,
+    F_USB,
+    Supervisor,
+)
 
 S_IDLE = const(0)
 S_RAMP = const(1)
@@ -44,6 +52,7 @@ EVENT_SLOTS = const(32)
 
 MAX_DURATION_MS = const(1200000)  # 20 minutes, whatever the config says
 SOFT_START_MS = const(1500)  # at least 1 s (SAFETY.md 4)
+RAMP_MIN_PERIODS = const(3)  # slow programs ramp over at least this many whole periods
 PROBE_CU = const(320)  # 10 uA probe pulses while paused
 CONTACT_STABLE_MS = const(500)
 LEARN_MS = const(250)
@@ -93,6 +102,11 @@ class Engine:
                 hw.dac.fine_k_q8 = k
         self.check_failed = F_NONE  # a failed boot self-check refuses every session
         self.main_tl, self.main_timer = self._timing(self.program)
+        # The soft start steps once per macro period (a whole +/- pair or train at one level),
+        # so a slow program (lift: 2 s periods) ramps over several periods, not in one jump.
+        macro_ms = self.main_tl.macro_us // 1000
+        self.ramp_ms = SOFT_START_MS if SOFT_START_MS >= RAMP_MIN_PERIODS * macro_ms else RAMP_MIN_PERIODS * macro_ms
+        self.macro_ms = macro_ms
         self.probe_tl, self.probe_timer = self._timing(programs.validate(PROBE))
         self.tl = None
         self.timer = None
@@ -176,11 +190,33 @@ class Engine:
             self.state = s
             self._emit(E_STATE, s)
 
-    def _ramp(self, now_ms, to_cu):
+    def _ramp(self, now_ms, to_cu, fresh=False):
+        """A soft start from the present target to to_cu, one step per macro period.
+
+        fresh: the pattern has just (re)started with the output off; a software-timed one
+        has not switched on yet, so its first step's code can be written now."""
         self.ramp_from = self.reg.target_cu
         self.ramp_to = to_cu
         self.ramp_t0 = now_ms
         self._set_state(S_RAMP)
+        if fresh and self.software:
+            self._ramp_step(now_ms)
+            code = self.reg.dac_code()
+            self.hw.dac.write(code)
+            self.dac_last = code
+        else:
+            self.dac_pending = True  # the first step is taken in the next rest
+
+    def _ramp_step(self, now_ms):
+        """The level for the period that starts now: where the ramp is at its end."""
+        el = self.hw.ticks_diff(now_ms, self.ramp_t0) + self.macro_ms
+        if el >= self.ramp_ms:
+            self.reg.set_target(self.ramp_to)
+            self._set_state(S_STIM)
+            self.reg.discard()
+            self.last_learn = now_ms
+        else:
+            self.reg.set_target(self.ramp_from + (self.ramp_to - self.ramp_from) * el // self.ramp_ms)
 
     def level_target(self):
         t = self.setpoint_cu * self.level // LEVELS
@@ -207,7 +243,7 @@ class Engine:
         self.measured_q4 = self.level_target() << 4
         self.sup.reset_contact()
         self._run(self.main_tl, self.main_timer)
-        self._ramp(now_ms, self.level_target())
+        self._ramp(now_ms, self.level_target(), True)
         return True
 
     def step_intensity(self, now_ms):
@@ -302,17 +338,8 @@ class Engine:
         if sup.contact != C_NONE:
             self._pause(now_ms)
             return
-        # Target: soft start ramp, then the level.
-        if st == S_RAMP:
-            el = hw.ticks_diff(now_ms, self.ramp_t0)
-            if el >= SOFT_START_MS:
-                self.reg.set_target(self.ramp_to)
-                self._set_state(S_STIM)
-                self.reg.discard()
-                self.last_learn = now_ms
-            else:
-                self.reg.set_target(self.ramp_from + (self.ramp_to - self.ramp_from) * el // SOFT_START_MS)
-        elif self.new_period and hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
+        # Learning in steady state; the soft start steps where the DAC is written below.
+        if st == S_STIM and self.new_period and hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
             # Learn where a period begins, just before its DAC code is computed: every
             # sample gathered since the last step was taken with the code that step set.
             self.last_learn = now_ms
@@ -324,17 +351,26 @@ class Engine:
             if sup.fault != F_NONE:
                 self._fault()
                 return
-        # In steady state the amplitude changes only in the rest between macro periods
-        # (each a +/- pair or train): both polarities of a period get the same DAC code, so
-        # neither the dither nor a learning step can unbalance its charge. Ramps move
-        # every loop.
+        # The amplitude changes only in the rest between macro periods (each a +/- pair or
+        # train): both polarities of a period get the same DAC code, so neither the soft
+        # start, the dither nor a learning step can unbalance its charge. Where in the
+        # pattern we are is read again now: the sampler's I2C transfers took time.
         if self.new_period:
             self.new_period = False
             self.dac_pending = True
-        if st == S_RAMP or self.dac_last <= 0 or (self.dac_pending and tl.in_rest(pos)):
+        if self.dac_pending and tl.in_rest(tl.pos(hw.ticks_us())):
             self.dac_pending = False
+            if self.state == S_RAMP:
+                # The target moves with the code, so the checks always judge the current
+                # against the level it was set for.
+                self._ramp_step(now_ms)
             code = self.reg.dac_code()
             if code != self.dac_last:
+                # The latest current sample scaled to the new code: the next load sample
+                # (the first of a phase) is judged against the current it will see, so a
+                # ramp step is not taken for an impedance jump.
+                if self.dac_last > 0:
+                    sup.i_cu = sup.i_cu * code // self.dac_last
                 hw.dac.write(code)
                 self.dac_last = code
 
@@ -363,17 +399,22 @@ class Engine:
     def wait_us(self, now_us):
         """How long the app may sleep: until the pending conversion is due; 200 us while
         a phase is on and the ADC idle (its first conversion starts early in the phase);
-        else 1 ms."""
+        else 1 ms. A software-timed program also wakes at its next edge, so both edges of
+        every phase land equally late and the + and - phases last the same."""
         samp = self.sampler
+        tl = self.tl
+        w = 1000
         if samp.busy:
             left = samp.CONV_WAIT_US - self.hw.ticks_diff(now_us, samp.t_start)
             if left < 1000:
-                return left if left > 50 else 50
-            return 1000
-        tl = self.tl
-        if tl is not None and tl.sign_at(tl.pos(now_us)) != 0:
-            return 200
-        return 1000
+                w = left if left > 50 else 50
+        elif tl is not None and tl.sign_at(tl.pos(now_us)) != 0:
+            w = 200
+        if self.software and tl is not None:
+            e = tl.to_edge(tl.pos(now_us))
+            if e < w:
+                w = e if e > 0 else 1
+        return w
 
     def _pause(self, now_ms):
         self.pause_reason = self.sup.contact
@@ -394,10 +435,12 @@ class Engine:
         if samp.stuck_us > 4000:
             self.trip(F_ADC, samp.stuck_us)
             return
-        code = self.reg.dac_code()
-        if code != self.dac_last:
-            hw.dac.write(code)
-            self.dac_last = code
+        tl = self.tl
+        if tl.in_rest(tl.pos(hw.ticks_us())):  # probe pairs stay balanced too
+            code = self.reg.dac_code()
+            if code != self.dac_last:
+                hw.dac.write(code)
+                self.dac_last = code
         if ch == CH_NONE:
             return
         sup = self.sup
@@ -434,4 +477,4 @@ class Engine:
         self.reg.set_target(0)
         self.burst_on = True
         self.burst_t0 = now_ms
-        self._ramp(now_ms, self.level_target())
+        self._ramp(now_ms, self.level_target(), True)

@@ -67,6 +67,16 @@ class Timeline:
         """Between periods, with a guard for the pattern's start skew (tens of us)."""
         return pos < self.first_on - REST_GUARD_US or pos >= self.last_off + REST_GUARD_US
 
+    def to_edge(self, pos):
+        """Microseconds from pos to the next on or off edge."""
+        best = self.macro_us - pos + self.first_on
+        for a, b, _ in self.intervals:
+            if a > pos and a - pos < best:
+                best = a - pos
+            if b > pos and b - pos < best:
+                best = b - pos
+        return best
+
     def sign_at(self, pos):
         for a, b, s in self.intervals:
             if a <= pos < b:
