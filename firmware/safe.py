@@ -57,8 +57,11 @@ def all_off():
             ok = False
             continue
         Pin(g, Pin.OUT, value=0)
-    g = _gpio("DAC_AMP")
-    if g is not None:
+    # Both amplitude channels: the coarse DAC and, on a coarse+fine board, the fine one.
+    for name in ("DAC_AMP", "DAC_FINE"):
+        g = _gpio(name)
+        if g is None:
+            continue
         try:
             from machine import DAC
 
