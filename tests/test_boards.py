@@ -1,5 +1,5 @@
-"""Board definitions: one schema (firmware/msfw/board.py) used by the firmware on the unix
-port and by the host under CPython, the same verdicts and messages on both; every shipped
+"""Board definitions: one schema (firmware/msfw/boardschema.py) used by the firmware on the
+unix port and by the host under CPython, the same verdicts and messages on both; every shipped
 board validates, and the firmware boots and stimulates on each in the virtual board."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import MICROPYTHON, ROOT
+from conftest import MICROPYTHON, MPY_CROSS, ROOT
 from microstim import boards, paths
 from microstim.boards import boards_command
 from microstim.vboard import runconfig
@@ -140,12 +140,12 @@ def test_bad_definitions_are_refused_with_the_field_value_and_limit_on_host_and_
     script.write_text(f"""
 import sys, json
 sys.path.insert(0, {str(paths.firmware_dir())!r})
-from msfw import board
+from msfw import board, boardschema
 with open({str(tmp_path / 'cases.json')!r}) as f:
     cases = json.loads(f.read())
 out = []
 for spec, pins in cases:
-    errors, warnings = board.check(spec, pins)
+    errors, warnings = boardschema.check(spec, pins)
     try:
         board.Board(spec, pins)
         refused = None
@@ -323,3 +323,29 @@ def test_firmware_boots_and_stimulates_on_each_board(tmp_path, name):
     assert s["phases"] > 0, out[-2000:]
     assert abs(s["amplitude_ua"] - 200.0) < 10.0, s  # the default setpoint, regulated
     assert s["peak_ua"] <= _board(name)[0]["frontend"]["ceiling_ua"]
+
+
+def test_the_schema_costs_the_firmware_no_heap_after_boot(tmp_path):
+    """msfw.board imports the schema only to validate, then drops it: what a loaded board
+    keeps is a few KB (measured with .mpy files on the unix port, as deployed)."""
+    mpy = tmp_path / "msfw"
+    mpy.mkdir()
+    (mpy / "__init__.py").write_text("")
+    for name in ("board", "boardschema"):
+        subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), "-s", f"msfw/{name}.py",
+                        str(paths.firmware_dir() / "msfw" / f"{name}.py")], check=True)
+    script = tmp_path / "mem.py"
+    script.write_text(f"""
+import gc, sys
+sys.path.insert(0, {str(tmp_path)!r})
+gc.collect(); a = gc.mem_free()
+from msfw import board as boardmod
+b = boardmod.load({str(ROOT / 'boards/virtual/board.json')!r}, {str(ROOT / 'boards/virtual/pins.csv')!r})
+gc.collect(); c = gc.mem_free()
+print(a - c, "msfw.boardschema" in sys.modules)
+""")
+    r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kept, still_loaded = r.stdout.split()
+    assert still_loaded == "False"
+    assert int(kept) < 9000, kept  # 64-bit unix port; about half on the 32-bit ESP32

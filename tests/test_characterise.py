@@ -89,9 +89,10 @@ def test_virtual_board_figures_are_consistent(virtual_result):
         # Calibrated: the maximum current is the setpoint, and never above the ceiling.
         assert abs(r.i_max_ua - r.setpoint_ua) <= 0.02 * r.setpoint_ua, label
         assert r.i_max_ua <= res.ceiling_ua * 1.05 <= res.hw_limit_ua, label
-        # The output stage drives I·R plus the DC-blocking capacitor's voltage, which one
-        # phase moves by at most I·t/C (and a balanced train keeps centred).
-        ramp_v = r.i_max_ua * 1e-6 * prog["phase_us"] * 1e-6 / C_BLOCK_F
+        # The output stage drives I·R plus the DC-blocking capacitor's voltage, which the
+        # phases of one polarity (one, or train_n of them) move by at most n·I·t/C, and a
+        # balanced train keeps centred.
+        ramp_v = max(1, prog["train_n"]) * r.i_max_ua * 1e-6 * prog["phase_us"] * 1e-6 / C_BLOCK_F
         assert r.v_load_max_v == pytest.approx(r.i_max_ua * 1e-6 * r.load_ohm)
         assert r.v_load_max_v * 0.99 <= r.v_out_max_v <= r.v_load_max_v * 1.01 + ramp_v + 0.01, label
         # Timing is the program's.

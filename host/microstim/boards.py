@@ -1,13 +1,12 @@
 """Board definitions on the host: list them, validate one before it is deployed.
 
-There is one schema, and it lives in the firmware (firmware/msfw/board.py): this module
-loads that very file under CPython, so the host and the device accept and refuse exactly
-the same definitions, with the same messages.
+There is one schema, and it lives in the firmware (firmware/msfw/boardschema.py, used by
+msfw/board.py): this module imports those very files under CPython, so the host and the
+device accept and refuse exactly the same definitions, with the same messages.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -18,20 +17,19 @@ import click
 from . import paths
 from .errors import UsageError
 
-_SCHEMA = None
-
 
 def schema():
-    """The firmware's board module (msfw/board.py), imported under CPython."""
-    global _SCHEMA
-    if _SCHEMA is None:
-        src = paths.firmware_dir() / "msfw" / "board.py"
-        spec = importlib.util.spec_from_file_location("microstim._firmware_board", src)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        _SCHEMA = mod
-    return _SCHEMA
+    """The firmware's board schema (msfw/boardschema.py), imported under CPython."""
+    from .api import firmware_module
+
+    return firmware_module("msfw.boardschema")
+
+
+def board_module():
+    """The firmware's msfw/board.py (Board, parse_pins, BoardError), under CPython."""
+    from .api import firmware_module
+
+    return firmware_module("msfw.board")
 
 
 @dataclass
@@ -72,6 +70,7 @@ def names() -> list[str]:
 def validate(where: str | Path) -> Validation:
     """Validate board.json + pins.csv of a board folder with the firmware's own schema."""
     mod = schema()
+    bmod = board_module()
     folder = resolve(where)
     v = Validation(folder, folder.name, None, {})
     bj = folder / "board.json"
@@ -83,10 +82,10 @@ def validate(where: str | Path) -> Validation:
     except ValueError as e:
         v.errors.append(f"{bj}: not valid JSON ({e})")
     try:
-        v.pins = mod.parse_pins(pc.read_text())
+        v.pins = bmod.parse_pins(pc.read_text())
     except FileNotFoundError:
         v.errors.append(f"{pc}: not found")
-    except mod.BoardError as e:
+    except bmod.BoardError as e:
         v.errors.append(str(e))
     if v.errors:
         return v
@@ -98,8 +97,8 @@ def validate(where: str | Path) -> Validation:
     if v.ok:
         # The firmware's constructor too, so nothing it would refuse passes here.
         try:
-            mod.Board(v.spec, v.pins)
-        except mod.BoardError as e:  # pragma: no cover - check() reports the same
+            bmod.Board(v.spec, v.pins)
+        except bmod.BoardError as e:  # pragma: no cover - check() reports the same
             v.errors.append(str(e))
     return v
 
@@ -109,7 +108,7 @@ def load(where: str | Path):
     v = validate(where)
     if not v.ok:
         raise UsageError(f"board {v.name}: " + "; ".join(v.errors))
-    return schema().Board(v.spec, v.pins)
+    return board_module().Board(v.spec, v.pins)
 
 
 def summary(where: str | Path) -> dict:

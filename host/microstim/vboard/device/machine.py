@@ -3,7 +3,6 @@
 # Same signatures and the same limits as ports/esp32 (PWM refuses < 1 Hz, DAC only on its
 # pins and 8 bits, Timer callbacks soft, WDT resets when starved), backed by _vworld.
 # Only what the ESP32 has is here: code that runs on the virtual board runs on a board.
-import _mcp4725
 import _vworld
 from _vworld import release, restore
 
@@ -34,7 +33,10 @@ def _chip():
 
 # A board without a DAC has an external one on its I2C bus; it is there from power-on,
 # like the ADS1115, and a soft reset of the ESP32 does not touch it.
-if _vworld.world() is not None:
+# (Imported only for such a board: model tests load this module without the device dir.)
+if _vworld.world() is not None and (_vworld.world().board.get("frontend", {}).get("dac") or {}).get("kind") == "mcp4725":
+    import _mcp4725
+
     _mcp4725.attach(_vworld.world())
 
 
