@@ -46,6 +46,8 @@ _vworld.mount_flash(_world)
 if os.getenv("MICROSTIM_VB_FW_HEAP"):
     _vworld.reserve_firmware_heap(int(os.getenv("MICROSTIM_VB_FW_HEAP")))
 
+_vworld.signal_up(_world)
+
 # A board's sys.path: current dir, frozen modules, /lib.
 sys.path[:] = ["", ".frozen", "/lib"]
 os.chdir("/")

@@ -920,9 +920,6 @@ def boot(cfg_path, reset_cause):
         except (OSError, ValueError):  # first power-on: nothing saved yet
             state = None
     w = World(cfg, reset_cause, state)
-    if w.ctl is not None:
-        # Tells the supervisor this interpreter is executing (Ctrl-C is now safe).
-        w.ctl.write("up\n")  # unbuffered; flush() would fsync, which a FIFO refuses
     if MICROPYTHON:
         sys.atexit(lambda: w.at_exit())
     return w
@@ -1049,6 +1046,14 @@ def _copy_tree(os, src, dst):
                 data = fi.read()
             with open(d, "wb") as fo:
                 fo.write(data)
+
+
+def signal_up(w):
+    """Tell the supervisor the board is up: the flash is mounted at "/" and a Ctrl-C now
+    lands in the firmware (before this, host input is held back: a Ctrl-C between boot and
+    the mount would leave the host's own filesystem at "/")."""
+    if w.ctl is not None:
+        w.ctl.write("up\n")  # unbuffered; flush() would fsync, which a FIFO refuses
 
 
 def mount_flash(w):
