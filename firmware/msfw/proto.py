@@ -30,10 +30,13 @@ except ImportError:  # CPython, for host-side tests of the pure parts
         return a - b
 
 import binascii
-import hashlib
 
 PROTO_VERSION = 1
-MAX_LINE = 1024  # bytes in one request line
+# File operations live in msfw/protofs.py, imported on first use: a running session never
+# needs them (they are refused while the output is on), so they take no heap until a host
+# transfers files. The deploy agent is this module's source followed by protofs's.
+FS_OPS = ("fs_list", "fs_put", "fs_data", "fs_end", "fs_commit", "fs_abort", "fs_get", "fs_rm")
+MAX_LINE = 512  # bytes in one request line (the longest real one is ~200)
 LINE_TIMEOUT_MS = 1000  # a partial line older than this is dropped (host went away)
 BIN_TIMEOUT_MS = 2000  # bulk bytes must keep coming at least this often
 CHUNK = 1024  # largest bulk block either way
@@ -133,45 +136,11 @@ class Link:
         self.out.write(data)
 
 
-def _split(path):
-    i = path.rfind("/")
-    return (path[:i] or "/"), path[i + 1:]
-
-
 def _isdir(path):
     try:
         return os.stat(path)[0] & 0x4000 != 0
     except OSError:
         return False
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def makedirs(path):
-    parts = [p for p in path.split("/") if p]
-    cur = ""
-    for p in parts:
-        cur += "/" + p
-        if not _isdir(cur):
-            os.mkdir(cur)
-
-
-def sha256_file(path, buf):
-    h = hashlib.sha256()
-    mv = memoryview(buf)
-    with open(path, "rb") as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(mv[:n])
-    return binascii.hexlify(h.digest()).decode()
 
 
 def walk(root, out):
@@ -227,23 +196,13 @@ class Server:
         self.link = link
         self.info = info
         self.bulk_ok = bulk_ok
-        self.buf = bytearray(CHUNK)
+        self.buf = None  # the file operations' block buffer, made on first use
         self.up = None  # the upload in progress: [path, file, size, sha256, received]
         self.pending = []  # uploaded files waiting for fs_commit
         self.done = False
-        self.ops = {
-            "hello": self.op_hello,
-            "fs_list": self.op_fs_list,
-            "fs_put": self.op_fs_put,
-            "fs_data": self.op_fs_data,
-            "fs_end": self.op_fs_end,
-            "fs_commit": self.op_fs_commit,
-            "fs_abort": self.op_fs_abort,
-            "fs_get": self.op_fs_get,
-            "fs_rm": self.op_fs_rm,
-            "reset": self.op_reset,
-            "bye": self.op_bye,
-        }
+        self.ops = {"hello": self.op_hello, "reset": self.op_reset, "bye": self.op_bye}
+        for name in FS_OPS:
+            self.ops[name] = self._fs(name)
         if ops:
             self.ops.update(ops)
 
@@ -286,6 +245,12 @@ class Server:
             self.link.write_line({"id": rid, "ok": False,
                                   "error": {"code": "internal", "message": repr(e)}})
 
+    def _fs(self, name):
+        def call(req):
+            return _fs_ops()[name](self, req)
+
+        return call
+
     def _bulk(self):
         if self.bulk_ok is not None and not self.bulk_ok():
             raise Error("busy", "the output is on: stop the session before file transfers")
@@ -299,115 +264,6 @@ class Server:
         out.update(self.info())
         return out
 
-    def op_fs_list(self, req):
-        self._bulk()
-        root = _str(req, "root", required=False) or "/"
-        files = []
-        for p in walk(root, []):
-            if p.endswith(NEW):
-                continue
-            files.append([p, os.stat(p)[6], sha256_file(p, self.buf)])
-        return {"files": files}
-
-    def op_fs_put(self, req):
-        self._bulk()
-        path = _path(req)
-        size = _int(req, "size", 0, 4 * 1024 * 1024)
-        digest = _str(req, "sha256")
-        self._close_upload()
-        d, _ = _split(path)
-        makedirs(d)
-        f = open(path + NEW, "wb")
-        self.up = [path, f, size, digest, 0]
-        return {"chunk": CHUNK}
-
-    def op_fs_data(self, req):
-        up = self.up
-        if up is None:
-            raise Error("no_upload", "fs_data without fs_put")
-        n = _int(req, "n", 1, CHUNK)
-        e = _int(req, "e", n, 2 * CHUNK)
-        crc = _int(req, "crc", 0, 0xFFFFFFFF)
-        raw = self.link.read_exact(e)
-        if raw is None:
-            self._close_upload()
-            raise Error("timeout", "the data stopped coming; upload of %s abandoned" % up[0])
-        data = unescape(raw)
-        if len(data) != n or crc32(data) != crc:
-            # The file is not committed; the host resends this block.
-            raise Error("bad_block", "block at %d arrived damaged (length %d, crc mismatch)"
-                        % (up[4], len(data)), {"at": up[4]})
-        if up[4] + n > up[2]:
-            self._close_upload()
-            raise Error("bad_value", "more data than the announced size %d" % up[2])
-        up[1].write(data)
-        up[4] += n
-        return {"at": up[4]}
-
-    def op_fs_end(self, req):
-        up = self.up
-        if up is None:
-            raise Error("no_upload", "fs_end without fs_put")
-        self.up = None
-        up[1].close()
-        tmp = up[0] + NEW
-        if up[4] != up[2]:
-            os.remove(tmp)
-            raise Error("bad_value", "%s: got %d of %d bytes" % (up[0], up[4], up[2]))
-        got = sha256_file(tmp, self.buf)
-        if got != up[3]:
-            os.remove(tmp)
-            raise Error("bad_hash", "%s: sha256 of what was written is %s, expected %s"
-                        % (up[0], got, up[3]))
-        if up[0] not in self.pending:
-            self.pending.append(up[0])
-        return {"sha256": got}
-
-    def op_fs_commit(self, req):
-        """Rename every verified upload into place (each rename is atomic on LittleFS)."""
-        self._bulk()
-        names = self.pending
-        self.pending = []
-        for p in names:
-            try:
-                os.remove(p)
-            except OSError:
-                pass
-            os.rename(p + NEW, p)
-        for p in req.get("remove") or []:
-            if isinstance(p, str) and p.startswith("/") and _exists(p) and not _isdir(p):
-                os.remove(p)
-        return {"committed": names}
-
-    def op_fs_abort(self, req):
-        self._close_upload()
-        n = cleanup(self.pending)
-        self.pending = []
-        return {"removed": n}
-
-    def op_fs_get(self, req):
-        self._bulk()
-        path = _path(req)
-        off = _int(req, "off", 0, 1 << 30, 0)
-        n = _int(req, "n", 1, 4 * CHUNK, CHUNK)
-        try:
-            with open(path, "rb") as f:
-                f.seek(off)
-                data = f.read(n)
-                size = f.seek(0, 2)
-        except OSError:
-            raise Error("not_found", "%s: no such file" % path, {"field": "path", "value": path})
-        return {"size": size, "off": off, "crc": crc32(data), "_bin": data}
-
-    def op_fs_rm(self, req):
-        self._bulk()
-        path = _path(req)
-        try:
-            os.remove(path)
-        except OSError:
-            raise Error("not_found", "%s: no such file" % path, {"field": "path", "value": path})
-        return {}
-
     def op_reset(self, req):
         kind = req.get("kind", "soft")
         if kind not in ("soft", "hard"):
@@ -420,15 +276,13 @@ class Server:
         self.done = True
         return {}
 
-    def _close_upload(self):
-        up = self.up
-        self.up = None
-        if up is not None:
-            try:
-                up[1].close()
-                os.remove(up[0] + NEW)
-            except OSError:
-                pass
+def _fs_ops():
+    g = globals()
+    if "fs_list" in g:  # the deploy agent: protofs's source was pasted after this module's
+        return g
+    from msfw import protofs
+
+    return protofs.__dict__
 
 
 def cleanup(pending=None):

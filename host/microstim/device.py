@@ -191,8 +191,7 @@ class Device:
 
     def agent(self) -> dict:
         """Interrupt whatever runs, enter the raw REPL and run the protocol module there."""
-        src = strip_source((paths.firmware_dir() / "msfw" / "proto.py").read_text())
-        code = src + "\nserve()\n"
+        code = agent_source() + "\nserve()\n"
         self._raw_repl_exec(code)
         self.agent_mode = True
         deadline = time.monotonic() + 10
@@ -259,6 +258,15 @@ class Device:
         else:
             self.request("reset", kind="soft")
         self.buf.clear()
+
+
+def agent_source() -> str:
+    """The deploy agent: the protocol module followed by its file operations (msfw.proto
+    and msfw.protofs), as one paste with protofs's import of proto removed."""
+    d = paths.firmware_dir() / "msfw"
+    fs = "\n".join(line for line in (d / "protofs.py").read_text().splitlines()
+                   if not line.startswith("from msfw.proto import "))
+    return strip_source((d / "proto.py").read_text()) + strip_source(fs)
 
 
 def strip_source(src: str) -> str:
