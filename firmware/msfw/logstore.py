@@ -12,7 +12,6 @@
 #
 # Imports under CPython too: the host decoder shares these constants and check_record().
 import binascii
-import os
 
 try:
     import time as _time
@@ -82,7 +81,9 @@ BUDGET_BYTES = 512 * 1024
 # its metadata pair and what mkdir adds to the root's) and the
 # block LittleFS copies an appended-to tail block into before it frees the old one.
 RESERVE_BLOCKS = 5
-QUEUE_BYTES = 8192  # RAM queue: a 20-minute session's summaries fit (about 6 KB)
+QUEUE_BYTES = 8192  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
+QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
+QUEUE_PER_S = 6  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
 TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 port
 _TICKS_MASK = TICKS_PERIOD - 1
@@ -173,6 +174,12 @@ def program_info(name, prog):
             int(prog["train_n"]), int(prog["train_on_ms"]), int(prog["train_off_ms"]))
 
 
+def _flash():
+    from msfw import logflash
+
+    return logflash
+
+
 class LogStore:
     def __init__(self, root="/log", budget_bytes=BUDGET_BYTES, seg_bytes=SEG_BYTES,
                  queue_bytes=QUEUE_BYTES):
@@ -213,128 +220,27 @@ class LogStore:
         self._ptgt = 0
         self._pstate = 0
 
-    # ---- boot (slow path) -----------------------------------------------------------
+    # ---- flash side (msfw.logflash: loaded when needed, never while the output is on) --
+    def open(self, rtc_s=0):
+        """Boot: find the segments, repair the newest if a power cut tore it, set the next
+        sequence number. Returns the number of torn bytes dropped."""
+        return _flash().open_store(self, rtc_s)
+
+    def flush(self, max_bytes=-1):
+        """Writes queued records to flash (see logflash.flush). Returns the bytes written."""
+        return _flash().flush(self, max_bytes)
+
+    def segments(self):
+        """[(seg_id, size_bytes)], oldest first."""
+        return [(self._ids[k], self._sizes[k]) for k in range(len(self._ids))]
+
+    def read_into(self, seg_id, offset, buf):
+        return _flash().read_into(self, seg_id, offset, buf)
+
     def _path(self, seg_id):
         return "%s/%08x.seg" % (self.root, seg_id)
 
-    def open(self, rtc_s=0):
-        """Boot: find the segments, repair the newest if a power cut tore it, set the next
-        sequence number. Reads the newest segment (at most seg_bytes). Returns the number
-        of torn bytes dropped (also logged as a log_recovery event)."""
-        self._rtc = rtc_s
-        try:
-            os.mkdir(self.root)
-        except OSError:
-            pass
-        ids = []
-        for name in os.listdir(self.root):
-            if name.endswith(".tmp"):  # a repair that a power cut interrupted
-                os.remove(self.root + "/" + name)
-            elif name.endswith(".seg") and len(name) == 12:
-                try:
-                    ids.append(int(name[:8], 16))
-                except ValueError:
-                    pass
-        ids.sort()
-        self._ids = ids
-        self._sizes = [os.stat(self._path(i))[6] for i in ids]
-        if not ids:
-            self.log_id = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
-            self._create(1)
-            return 0
-        return self._recover()
-
-    def _scan(self, seg_id):
-        """(buf, log id or -1, next seq or -1, end of the last valid record)."""
-        path = self._path(seg_id)
-        size = os.stat(path)[6]
-        buf = bytearray(size)
-        with open(path, "rb") as f:
-            f.readinto(buf)
-        pos = 0
-        end_ok = 0
-        log_id = -1
-        nxt = -1
-        while pos < size:
-            n = check_record(buf, pos, size)
-            if n <= 0:
-                pos += 1  # resynchronise on the next valid record
-                continue
-            if buf[pos + 1] == T_SEG:
-                if pos == 0:
-                    log_id = _u32(buf, pos + HDR)
-                if nxt < 0:
-                    nxt = record_seq(buf, pos)
-            else:
-                nxt = record_seq(buf, pos) + 1
-            pos += n
-            end_ok = pos
-        return buf, log_id, nxt, end_ok
-
-    def _recover(self):
-        seg_id = self._ids[-1]
-        buf, log_id, nxt, end_ok = self._scan(seg_id)
-        size = len(buf)
-        if log_id < 0 or nxt < 0:
-            # No valid header: created, then cut before its header was committed.
-            prev = self._scan(self._ids[-2]) if len(self._ids) > 1 else None
-            if prev is not None and prev[1] >= 0:
-                log_id = prev[1]
-                nxt = prev[2] if prev[2] >= 0 else 0
-            elif log_id < 0:
-                log_id = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
-            if nxt < 0:
-                nxt = 0
-        self.log_id = log_id
-        self.seq = nxt
-        dropped = size - end_ok
-        if end_ok == 0:
-            # Nothing valid in it: start it afresh (its id is kept, never reused).
-            self._ids.pop()
-            self._sizes.pop()
-            self._create(seg_id, replace=True)
-        elif dropped:
-            # Torn tail: keep the valid prefix. Written aside, then renamed over the
-            # segment: a power cut during the repair leaves the original (plus a .tmp
-            # that the next boot removes), never half of each.
-            tmp = self._path(seg_id)[:-4] + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(memoryview(buf)[:end_ok])
-                f.flush()
-            os.rename(tmp, self._path(seg_id))
-            self._sizes[-1] = end_ok
-        if dropped:
-            self.recovered_bytes = dropped
-            self.event(EV_LOG_RECOVERY, self._rtc, 0, dropped, seg_id)
-        return dropped
-
-    def _create(self, seg_id, replace=False):
-        """A new segment whose first record is its header; committed before use."""
-        b = bytearray(OVERHEAD + 11)
-        b[0] = MAGIC
-        b[1] = T_SEG
-        b[2] = 11
-        _put_u32(b, 3, self.seq)  # the seq of the first record that will follow
-        i = _put_u32(b, HDR, self.log_id)
-        i = _put_u32(b, i, seg_id)
-        b[i] = FORMAT_VERSION
-        b[i + 1] = EPOCH_YEAR & 0xFF
-        b[i + 2] = EPOCH_YEAR >> 8
-        _put_u32(b, len(b) - TAIL, binascii.crc32(memoryview(b)[:len(b) - TAIL]) & 0xFFFFFFFF)
-        path = self._path(seg_id)
-        if replace:
-            tmp = path[:-4] + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(b)
-                f.flush()
-            os.rename(tmp, path)
-        else:
-            with open(path, "wb") as f:
-                f.write(b)
-                f.flush()
-        self._ids.append(seg_id)
-        self._sizes.append(len(b))
-
+    # ---- records --------------------------------------------------------------------
     def boot(self, rtc_s, reset_cause, version="", board=""):
         """The boot record (slow path): reset cause, firmware version, board name."""
         i = self._begin(T_BOOT, 4 + 1 + 2 + 2 + 32)
@@ -530,86 +436,34 @@ class LogStore:
         self.in_session = False
 
     # ---- flushing (slow path: only while the output is off) --------------------------
+    def reserve(self, seconds):
+        """Before a session (slow path): grow the RAM queue to hold `seconds` of
+        summaries, keeping what is queued. The heap may not have the whole block: it
+        then takes what it can get (records beyond it are counted as dropped, and
+        logged as an overflow). Returns the queue's capacity."""
+        want = QUEUE_IDLE + seconds * QUEUE_PER_S
+        if want > QUEUE_BYTES:
+            want = QUEUE_BYTES
+        while want > self._qcap:
+            try:
+                self._resize(want)
+                break
+            except MemoryError:
+                want -= 1024
+        return self._qcap
+
+    def release(self):
+        """After a session, once its records are on flash: back to the idle size."""
+        if self._qcap > QUEUE_IDLE and self._qn <= QUEUE_IDLE and not self.in_session:
+            self._resize(QUEUE_IDLE)
+
+    def _resize(self, n):
+        q = bytearray(n)
+        q[0:self._qn] = self._qmv[0:self._qn]
+        self._q = q
+        self._qmv = memoryview(q)
+        self._qcap = n
+
     def pending(self):
         """Bytes queued in RAM, not yet on flash."""
         return self._qn
-
-    def _cost_blocks(self):
-        t = 0
-        for s in self._sizes:
-            t += blocks_for(s)
-        return t
-
-    def _rotate(self):
-        """The active segment is full: drop the oldest segments until a new full one fits
-        in the budget, then start it."""
-        new_id = self._ids[-1] + 1 if self._ids else 1
-        seg_blocks = blocks_for(self.seg_bytes)
-        while self._ids and self._cost_blocks() + seg_blocks + RESERVE_BLOCKS > self.budget_blocks:
-            os.remove(self._path(self._ids[0]))
-            self._ids.pop(0)
-            self._sizes.pop(0)
-        self._create(new_id)
-
-    def flush(self, max_bytes=-1):
-        """Writes queued records, oldest first, each synced on its own (one LittleFS
-        commit), until the queue is empty or the next record would pass max_bytes
-        (-1: no limit). Returns the bytes written. A flash error stops it; the records
-        stay queued and write_error holds the errno."""
-        q = self._q
-        mv = self._qmv
-        n = self._qn
-        pos = 0
-        wrote = 0
-        f = None
-        try:
-            while pos < n:
-                ln = OVERHEAD + q[pos + 2]
-                if 0 <= max_bytes < wrote + ln:
-                    break
-                if not self._ids or self._sizes[-1] + ln > self.seg_bytes:
-                    if f is not None:
-                        f.close()
-                        f = None
-                    self._rotate()
-                seq = self.seq
-                _put_u32(q, pos + 3, seq)
-                _put_u32(q, pos + ln - TAIL, binascii.crc32(mv[pos:pos + ln - TAIL]) & 0xFFFFFFFF)
-                if f is None:
-                    f = open(self._path(self._ids[-1]), "ab")
-                f.write(mv[pos:pos + ln])
-                f.flush()  # LittleFS commits the file here: the record is durable
-                self.seq = seq + 1
-                self._sizes[-1] += ln
-                pos += ln
-                wrote += ln
-            self.write_error = 0
-        except OSError as e:
-            self.write_error = e.args[0] if e.args else -1
-        finally:
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-            if pos:
-                q[0:n - pos] = q[pos:n]
-                self._qn = n - pos
-        if self.dropped and self._qn + OVERHEAD + 20 <= self._qcap and not self.write_error:
-            d = self.dropped
-            self.dropped = 0
-            self.event(EV_LOG_OVERFLOW, self._rtc, 0, d, 0)
-        return wrote
-
-    # ---- reading, for a pull -------------------------------------------------------
-    def segments(self):
-        """[(seg_id, size_bytes)], oldest first. Only flushed records are in them; all
-        but the last are sealed (never written again)."""
-        return [(self._ids[k], self._sizes[k]) for k in range(len(self._ids))]
-
-    def read_into(self, seg_id, offset, buf):
-        """Reads segment bytes from offset into buf; returns how many (0 at its end)."""
-        with open(self._path(seg_id), "rb") as f:
-            f.seek(offset)
-            n = f.readinto(buf)
-        return n or 0
