@@ -5,8 +5,14 @@
 import safe
 
 try:
-    from msfw import app
+    # Board definition and self-check first, with the heap empty (msfw/post.py).
+    from msfw import post
 
-    app.run()
+    powered = post.run()
+    if powered is not None:
+        del post
+        from msfw import app
+
+        app.run(*powered)
 finally:
     safe.all_off()

@@ -149,5 +149,11 @@ def test_firmware_runs_in_a_96k_heap(tmp_path):
     boot = [line for line in console.splitlines() if '"ev": "boot"' in line][0]
     import json
 
-    assert 20_000 < json.loads(boot)["mem_free"] < 96 * 1024
+    # After boot the modules a session does not need are dropped (msfw.app LAZY); what
+    # is left must leave room for the session's log queue and the loop's garbage. On this
+    # 64-bit port objects are twice an ESP32's, so the margin is the port's, not a board's.
+    assert 6 * 1024 < json.loads(boot)["mem_free"] < 96 * 1024
+    end = [line for line in console.splitlines() if '"ev": "session_end"' in line][0]
+    assert json.loads(end)["mem_free"] > 2 * 1024  # collected, after the session
+    assert "log_error" not in console  # the log opened, and took the session
     assert len(trace.phases) > 100

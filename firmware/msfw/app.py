@@ -5,49 +5,22 @@
 # top it wraps to the lowest); a long press (1 s) stops it, or clears a latched fault.
 # LED: idle slow blink, stimulating on, paused (no contact) fast blink, fault flicker.
 # Buzzer: the relocation cue every cue_s seconds (default 5).
+#
+# Memory: the firmware must run a session in a 96 KB heap. What a session does not need
+# (config checks, boot work, the host's config/info/calibration/log operations) lives in
+# msfw.appops, imported on first use and dropped again when a session starts.
 import gc
 import json
-import os
 
-from msfw import VERSION, calib, logstore, programs, proto
-from msfw import board as boardmod
-from msfw import config as cfgmod
+import msfw
+from msfw import VERSION, logstore, proto
 from msfw import engine as E
-from msfw.hw import Hardware
 from msfw.supervisor import CONTACT_NAMES, F_ADC, FAULT_NAMES
 
-DEFAULTS = cfgmod.DEFAULTS
-CONFIG_PATH = "/config.json"
 LOOP_MS = 1
-WATCHDOG_MS = 2000  # a loop stalled this long resets the board; boot leaves it off
 LONG_PRESS_MS = 1000
 DEBOUNCE_MS = 30
 CUE_MS = 120
-
-
-def load_config(ceiling_ua):
-    """The user config from /config.json, checked against the board; defaults on error."""
-    try:
-        with open(CONFIG_PATH) as f:
-            user = json.loads(f.read())
-    except OSError:
-        return dict(cfgmod.DEFAULTS)
-    except ValueError as e:
-        emit("config_error", message="%s: not valid JSON (%s)" % (CONFIG_PATH, e))
-        return dict(cfgmod.DEFAULTS)
-    try:
-        return cfgmod.validate(user, ceiling_ua)
-    except cfgmod.ConfigError as e:
-        emit("config_error", message=str(e), field=e.field)
-        return dict(cfgmod.DEFAULTS)
-
-
-def save_config(cfg):
-    """Atomically: a power cut leaves the old file or the new one, never half of one."""
-    tmp = CONFIG_PATH + ".new"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(cfg))
-    os.rename(tmp, CONFIG_PATH)
 
 
 def emit(kind, **fields):
@@ -98,6 +71,44 @@ def led_level(state, now):
     return 0
 
 
+def load_config(ceiling_ua):
+    """The user config (/config.json) checked against the board; the defaults, and a
+    config_error event, when it is refused."""
+    from msfw import config
+
+    cfg, problem = config.load(ceiling_ua)
+    if problem is not None:
+        emit("config_error", message=str(problem), field=getattr(problem, "field", None))
+    return cfg
+
+
+def mem_free():
+    """Free heap after a collection (slow: only where the output is off)."""
+    gc.collect()
+    return gc.mem_free()
+
+
+def trim():
+    """Drop the modules a session does not need (they are imported again when used)."""
+    for name in LAZY:
+        msfw.unload(name)
+    gc.collect()
+
+
+def _ops():
+    from msfw import appops
+
+    return appops
+
+
+# Modules a running session never needs: imported when used, dropped when a session starts.
+# (msfw.logflash stays: every session ends with a flush, and a fragmented heap may not
+# have the contiguous room to import it again.)
+LAZY = ("appops", "config", "protofs", "calib", "calrun", "programs")
+# Host operations served by msfw.appops (not needed while the output is on).
+RARE_OPS = ("config_get", "config_set", "info", "calibrate", "log_list", "log_read")
+
+
 def report(eng, now):
     for kind, value in eng.drain():
         name = E.EVENT_NAMES[kind]
@@ -111,7 +122,7 @@ def report(eng, now):
         elif kind == E.E_END:
             emit("session_end", reason=E.END_NAMES[value], t_ms=now,
                  measured_ua=round(eng.measured_q4 / 512, 2), setpoint_ua=eng.setpoint_cu / 32,
-                 learned_gain=round(eng.reg.gain_q14 / 16384, 4))
+                 learned_gain=round(eng.reg.gain_q14 / 16384, 4), mem_free=mem_free())
         elif kind == E.E_REFUSED:
             emit("refused", reason=FAULT_NAMES[value], t_ms=now)
         elif kind != E.E_CUE:
@@ -119,19 +130,21 @@ def report(eng, now):
 
 
 FAULT_HISTORY = 16
-LOG_CHUNK = 4096
 RUNNING = (E.S_RAMP, E.S_STIM, E.S_PAUSED)
 
 
 class App:
     """The device: engine, button, LED, buzzer, and the host protocol's operations."""
 
-    def __init__(self, board, hw):
+    def __init__(self, board, hw, self_check=None):
         self.board = board
         self.hw = hw
+        self.self_check = self_check  # msfw.post's verdict: a failure refuses sessions
         self.cfg = load_config(board.ceiling_ua)
+        trim()
         self.pending_cfg = None  # a config set while a session runs, used once it ends
-        self.eng = self._engine(self.cfg)
+        self.eng = self.engine(self.cfg)
+        trim()
         self.faults = []  # [name, value, uptime_ms], newest last
         self.tel_hz = 0
         self.tel_next = 0
@@ -141,33 +154,18 @@ class App:
         self.server = None
         self.log = None
         self.log_buf = None
-        self.self_check = None
+        self.mem_free_boot = 0
 
     def boot(self):
-        """Open (and if need be repair) the log, record the boot, run the self-check."""
-        import machine
+        """Open (and if need be repair) the log and record the boot."""
+        _ops().boot(self)
 
-        try:
-            self.log = logstore.LogStore()
-            self.log.open(rtc_s())
-            self.log.boot(rtc_s(), machine.reset_cause(), VERSION, self.board.name)
-        except OSError as e:  # no filesystem: the device still works, without a log
-            emit("log_error", errno=e.args[0] if e.args else 0)
-            self.log = None
-        try:
-            self.self_check = calib.self_check(self.hw)
-        except OSError as e:
-            self.self_check = {"ok": False, "faults": ["adc"], "code": e.args[0] if e.args else 0}
-        self.eng.apply_self_check(self.self_check)
-        if self.log is not None:
-            self.log.flush()
-
-    def _engine(self, cfg):
+    def engine(self, cfg):
         try:
             eng = E.Engine(self.hw, cfg)
-        except (programs.ProgramError, ValueError) as e:
+        except ValueError as e:  # programs.ProgramError, or a value out of range
             emit("config_error", message=str(e))
-            eng = E.Engine(self.hw, dict(DEFAULTS))
+            eng = E.Engine(self.hw, _ops().defaults())
         sc = getattr(self, "self_check", None)
         if sc is not None:
             eng.apply_self_check(sc)
@@ -176,16 +174,33 @@ class App:
     def serve_host(self):
         try:
             self.link = proto.Link()
-        except (AttributeError, OSError, TypeError) as e:  # no pollable console: standalone
+        except (AttributeError, OSError, TypeError, MemoryError) as e:  # no console: standalone
             emit("proto_off", message=repr(e))
             return
         proto.cleanup()
         ops = {}
-        for name in ("status", "start", "stop", "clear_fault", "intensity", "config_get",
-                     "config_set", "info", "telemetry", "calibrate", "log_list", "log_read"):
+        for name in ("status", "start", "stop", "clear_fault", "intensity", "telemetry"):
             ops[name] = getattr(self, "op_" + name)
+        for name in RARE_OPS:
+            ops[name] = self._rare(name)
         self.server = proto.Server(self.link, self.hello_info, ops,
                                    bulk_ok=lambda: self.eng.state not in RUNNING)
+
+    def _rare(self, name):
+        def call(req):
+            return getattr(_ops(), "op_" + name)(self, req)
+
+        return call
+
+    def prepare_session(self):
+        """Before a start, with the output still off: free what a running session does not
+        use and give the log's RAM queue room for the session's summaries."""
+        self.log_buf = None
+        if self.server is not None:
+            self.server.buf = None
+        trim()
+        if self.log is not None:
+            self.log.reserve(self.eng.duration_ms // 1000)
 
     # ---- protocol operations (PROTOCOL.md) ---------------------------------------------
     def hello_info(self):
@@ -213,6 +228,7 @@ class App:
             "remaining_s": (eng.duration_ms - elapsed) // 1000 if running else None,
             "usb_power": self.hw.usb_powered(),
             "uptime_s": self.hw.ticks_diff(now, self.t_boot) // 1000,
+            "mem_free": gc.mem_free(),
         }
 
     def op_start(self, req):
@@ -229,8 +245,9 @@ class App:
                 over[k] = req[k]
         if over:
             cfg = dict(self.cfg)
-            cfg.update(self._checked(over))
-            self.eng = eng = self._engine(cfg)
+            cfg.update(_ops().checked(self, over))
+            self.eng = eng = self.engine(cfg)
+        self.prepare_session()
         if not eng.start(self.hw.ticks_ms()):
             if self.hw.usb_powered() and not self.board.usb_isolated:
                 raise proto.Error("refused", "USB power is present and this board's USB link is "
@@ -259,116 +276,6 @@ class App:
         while eng.level != level:
             eng.step_intensity(now)
         return {"level": eng.level}
-
-    def _checked(self, values):
-        try:
-            return cfgmod.validate(values, self.board.ceiling_ua, partial=True)
-        except cfgmod.ConfigError as e:
-            raise proto.Error("bad_value", str(e), e.as_dict())
-
-    def op_config_get(self, req):
-        return {"config": self.cfg, "pending": self.pending_cfg, "defaults": DEFAULTS,
-                "limits": cfgmod.limits(self.board.ceiling_ua)}
-
-    def op_config_set(self, req):
-        values = req.get("values")
-        if not isinstance(values, dict) or not values:
-            raise proto.Error("bad_request", "values: a non-empty object of settings is required",
-                              {"field": "values"})
-        base = dict(DEFAULTS) if req.get("replace") else dict(self.pending_cfg or self.cfg)
-        base.update(self._checked(values))
-        save_config(base)
-        applied = self.eng.state not in RUNNING
-        if applied:
-            self.cfg = base
-            self.pending_cfg = None
-            self.eng = self._engine(base)
-        else:
-            self.pending_cfg = base
-        return {"config": base, "applied": applied}
-
-    def op_info(self, req):
-        import sys
-
-        import machine
-
-        gc.collect()
-        return {
-            "firmware": VERSION, "board": self.board.name, "chip": self.board.chip,
-            "micropython": ".".join(str(x) for x in sys.implementation.version[:3]),
-            "uid": uid_hex(), "reset_cause": machine.reset_cause(),
-            "ceiling_ua": self.board.ceiling_ua, "usb_isolated": self.board.usb_isolated,
-            "calibration": self.calibration_info(), "self_check": self.self_check,
-            "faults": self.faults, "config": self.cfg,
-            "mem_free": gc.mem_free(),
-            "uptime_s": self.hw.ticks_diff(self.hw.ticks_ms(), self.t_boot) // 1000,
-        }
-
-    def calibration_info(self):
-        cal, why = calib.check(self.board)
-        eng = self.eng
-        out = {"status": why, "ceiling_ua": eng.ceiling_ua, "calibrated": eng.calibrated}
-        if cal is not None:
-            out["values"] = cal
-        elif why != "ok":
-            out["note"] = ("uncalibrated: sessions are limited to %d%% of the board's ceiling; "
-                           "run `microstim calibrate`" % int(calib.UNCALIBRATED_CEILING * 100))
-        return out
-
-    def op_calibrate(self, req):
-        if self.eng.state in RUNNING:
-            raise proto.Error("busy", "a session is running: stop it, put the reference "
-                              "resistor across the probes, then calibrate")
-        r = req.get("r_ref_ohm")
-        if isinstance(r, bool) or not isinstance(r, (int, float)):
-            raise proto.Error("bad_request", "r_ref_ohm: the reference resistor's value in ohm "
-                              "is required", {"field": "r_ref_ohm"})
-        if r < calib.R_REF_MIN_OHM or r > calib.R_REF_MAX_OHM:
-            raise proto.Error("bad_value", "r_ref_ohm = %s is outside %d..%d" % (
-                r, calib.R_REF_MIN_OHM, calib.R_REF_MAX_OHM),
-                {"field": "r_ref_ohm", "value": r,
-                 "limit": [calib.R_REF_MIN_OHM, calib.R_REF_MAX_OHM]})
-        self.eng.stop(E.END_HOST)
-        try:
-            res = calib.run(self.hw, r)
-        finally:
-            self.hw.output_off()
-        if not res.get("ok"):
-            raise proto.Error("calibration_failed", res.get("error", "calibration failed"))
-        self.eng = self._engine(self.cfg)  # the new calibration applies from now on
-        if self.log is not None:
-            cal = res.get("values") or res
-            self.log.event(logstore.EV_CALIBRATION, rtc_s(), self.hw.ticks_ms(),
-                           int(cal.get("adc_gain", 1) * 16384),
-                           int(cal.get("adc_offset_ua", 0) * 32))
-        return res
-
-    def op_log_list(self, req):
-        if self.log is None:
-            raise proto.Error("no_log", "this device has no session log (no filesystem)")
-        if self.eng.state not in RUNNING:
-            self.log.flush()
-        return {"log_id": getattr(self.log, "log_id", None), "segments": self.log.segments(),
-                "pending": self.log.pending()}
-
-    def op_log_read(self, req):
-        if self.log is None:
-            raise proto.Error("no_log", "this device has no session log (no filesystem)")
-        if self.eng.state in RUNNING:
-            raise proto.Error("busy", "the output is on: pull the log after the session")
-        seg = proto._int(req, "seg", 0, 1 << 30)
-        off = proto._int(req, "off", 0, 1 << 24)
-        n = proto._int(req, "n", 1, LOG_CHUNK)
-        buf = self.log_buf
-        if buf is None or len(buf) < n:
-            buf = self.log_buf = bytearray(LOG_CHUNK)
-        try:
-            got = self.log.read_into(seg, off, memoryview(buf)[:n])
-        except OSError:
-            raise proto.Error("not_found", "segment %d is gone (rotated out)" % seg,
-                              {"field": "seg", "value": seg})
-        data = bytes(buf[:got])
-        return {"seg": seg, "off": off, "crc": proto.crc32(data), "_bin": data}
 
     def op_telemetry(self, req):
         hz = proto._int(req, "hz", 0, 50)
@@ -440,21 +347,27 @@ class App:
                 log.sample(eng.measured_q4 >> 4)
                 log.tick(now, eng.state, eng.sup.z_ref, eng.level_target())
         elif log._qn:
-            log.flush(512)
+            try:
+                log.flush(512)
+            except MemoryError:  # the records stay queued; the next pass tries again
+                gc.collect()
+        elif log._qcap > logstore.QUEUE_IDLE:
+            log.release()
 
     def session_over(self):
         if self.pending_cfg is not None and self.eng.state not in RUNNING:
             self.cfg = self.pending_cfg
             self.pending_cfg = None
-            self.eng = self._engine(self.cfg)
+            self.eng = self.engine(self.cfg)
 
     def run(self):
         hw = self.hw
-        gc.collect()
-        emit("boot", version=VERSION, board=self.board.name, program=self.cfg["program"],
-             mem_free=gc.mem_free(), mem_alloc=gc.mem_alloc())
         self.boot()
         self.serve_host()
+        trim()
+        self.mem_free_boot = gc.mem_free()
+        emit("boot", version=VERSION, board=self.board.name, program=self.cfg["program"],
+             mem_free=self.mem_free_boot, mem_alloc=gc.mem_alloc())
         link = self.link
         server = self.server
         button = Button(hw)
@@ -468,7 +381,8 @@ class App:
             press = button.poll(now)
             if press == "short":
                 if eng.state in (E.S_IDLE, E.S_DONE):
-                    eng.start(now)
+                    self.prepare_session()
+                    eng.start(hw.ticks_ms())
                 else:
                     eng.step_intensity(now)
             elif press == "long":
@@ -529,12 +443,13 @@ def uid_hex():
     return "".join("%02x" % b for b in machine.unique_id())
 
 
-def run():
-    try:
-        board = boardmod.load()
-    except boardmod.BoardError as e:
-        emit("board_error", message=str(e))
-        return
-    hw = Hardware(board, watchdog_ms=WATCHDOG_MS)
-    hw.output_off()
-    App(board, hw).run()
+def run(board=None, hw=None, self_check=None):
+    """The device. main.py passes what msfw.post set up before this module loaded."""
+    if board is None:
+        from msfw import post
+
+        powered = post.run()
+        if powered is None:
+            return
+        board, hw, self_check = powered
+    App(board, hw, self_check).run()

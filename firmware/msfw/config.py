@@ -90,3 +90,25 @@ def validate(cfg, board_ceiling_ua, partial=False):
     for name in cfg:
         out[name] = check_field(name, cfg[name], board_ceiling_ua)
     return out
+
+
+CONFIG_PATH = "/config.json"
+
+
+def load(board_ceiling_ua, path=CONFIG_PATH):
+    """(config, problem) from the device's config file, checked against the board. A file
+    that is missing gives the defaults and no problem; one that is not valid JSON or
+    breaks the schema gives the defaults and the problem (a ValueError/ConfigError)."""
+    import json
+
+    try:
+        with open(path) as f:
+            user = json.loads(f.read())
+    except OSError:
+        return dict(DEFAULTS), None
+    except ValueError as e:
+        return dict(DEFAULTS), ValueError("%s: not valid JSON (%s)" % (path, e))
+    try:
+        return validate(user, board_ceiling_ua), None
+    except ConfigError as e:
+        return dict(DEFAULTS), e

@@ -11,7 +11,7 @@ from array import array
 import safe
 from micropython import const
 
-from msfw import calib, programs, pulse
+from msfw import pulse
 from msfw.regulator import Regulator
 from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
 from msfw.supervisor import (
@@ -65,15 +65,20 @@ PROBE = {"freq_hz": 5, "phase_us": 3500, "gap_us": 200, "train_n": 1,
 
 
 class Engine:
-    def __init__(self, hw, cfg, cal=calib.STORED):
-        """cal: the device's calibration (calib.load()), read from flash by default; None
-        runs uncalibrated, at a reduced ceiling."""
+    def __init__(self, hw, cfg, cal="stored"):
+        """cal: the device's calibration (calib.load()), read from flash by default
+        (calib.STORED); None runs uncalibrated, at a reduced ceiling.
+
+        msfw.calib and msfw.programs are imported here, not by the module: only building
+        an engine needs them, and the app drops them while a session runs (heap)."""
+        from msfw import calib, programs
+
         board = hw.board
         self.hw = hw
         self.cfg = cfg
         prog = cfg["program"]
         self.program = programs.validate(prog) if isinstance(prog, dict) else programs.get(prog)
-        if cal is calib.STORED:
+        if cal == calib.STORED:
             cal = calib.load(board=board)
         self.cal = cal or None
         self.calibrated = self.cal is not None
@@ -132,6 +137,8 @@ class Engine:
         self.measured_q4 = 0
 
     def _timing(self, prog):
+        from msfw import programs
+
         seq, macro = programs.timeline(prog)
         hw = self.hw
         if prog["software_timed"]:

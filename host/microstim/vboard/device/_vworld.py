@@ -1116,17 +1116,20 @@ def reserve_firmware_heap(fw_heap_bytes):
     import gc
 
     gc.collect()
-    _ballast = []
-    # In chunks: the free heap is fragmented after the simulator's setup.
-    chunk = 2048
-    while True:
+    # In small pieces, first fit: they fill the holes the simulator's setup left before
+    # they reach the untouched end of the heap, so what stays free for the firmware is one
+    # contiguous region (a board's heap is, at boot) rather than the holes between the
+    # simulator's objects. Pieces below 256 bytes' worth of holes stay free (a few).
+    piece = 256
+    extra = gc.mem_free() - fw_heap_bytes
+    _ballast = [None] * (extra // piece + 16)
+    k = 0
+    while k < len(_ballast):
         extra = gc.mem_free() - fw_heap_bytes
         if extra <= 64:
             break
-        n = chunk if extra > chunk + 64 else extra - 64
         try:
-            _ballast.append(bytearray(n))
+            _ballast[k] = bytearray(piece if extra > piece + 64 else extra - 64)
         except MemoryError:
-            chunk //= 2
-            if chunk < 64:
-                break
+            break
+        k += 1
