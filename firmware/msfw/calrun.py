@@ -2,24 +2,44 @@
 # for what is calibrated against what). Slow path only; imported for one call and dropped.
 from msfw.ads1115 import FSR_V, pga_for
 from msfw.calib import (
+    ADC_GAIN_TOLERANCE,
+    ADC_OFFSET_MAX_UA,
     ADC_ZERO_MAX_UV,
     CALIB_PATH,
+    DAC_GAIN_TOLERANCE,
+    DAC_OFFSET_MAX_UA,
     DAC_ZERO_MAX_UA,
-    GAIN_TOLERANCE,
     PAIRS,
     PGA_ZERO,
     R_REF_MAX_OHM,
     R_REF_MIN_OHM,
-    REF_TOLERANCE,
     UNCALIBRATED_CEILING,
     VERSION,
     CalibrationError,
     _nominal_ua_per_code,
-    _plausible,
     save,
 )
 from msfw.regulator import dac_scale
 from msfw.sampler import PGA_SHUNT
+
+# Plausibility limits of a calibration run (the budget is in calib.py).
+# The fine channel's ratio R4 / RFINE: 1.00 kohm 1 % / 16.0 kohm 0.1 %, and the two DAC
+# channels' full scales against each other (2 x 3 %): 7.1 %.
+FINE_RATIO_TOLERANCE = 0.075
+REF_TOLERANCE = 0.025  # |V/I| vs R_ref: calib's ADC gain budget, 2.32 % ...
+SWITCH_OHM = 20.0  # ... plus 2 x 10 ohm of switch per R_ref (2 % at 1 kohm)
+# Straightness: at the middle point the fitted lines may miss by the ADS1115's INL and
+# noise only (the shunt line: two channels of one ADC reading one current), or by a DAC's
+# INL for the source line: two steps of an ESP32 8-bit DAC (2 x 2.3 uA); a 12-bit MCP47x
+# DAC's 13 LSB INL max (MCP4728 datasheet) is 1.9 uA.
+ADC_LINEARITY_UA = 0.25
+DAC_LINEARITY_UA = 5.0
+# A resistor's voltage is flat within a phase but for the DC-blocking capacitor's ramp,
+# I x t / CBLOCK relative to I x R_ref (CBLOCK 100 uF +-20 %, bom.csv: x 1.25; the
+# first window of a - phase starts up to half a ramp low: x 1.5 in all); skin and gel
+# are capacitive and keep rising (the default skin load: 37 % in 1.5 ms).
+RISE_CAP_FACTOR = 1.5
+RISE_NOISE = 0.005  # plus 0.5 % for the ADC's noise and quantisation
 
 SETTLE_US = 300  # after EN before a conversion starts
 GAP_US = 300
@@ -68,6 +88,27 @@ def _phases(hw, ch, pga, pairs, limit_raw=None):
         _feed(hw)
         hw.sleep_us(GAP_US)
     return total / (2 * pairs)
+
+
+def _rise(hw, ch, pga, pairs):
+    """Alternating +/- phases, two back-to-back conversions of AIN<ch> in each: (mean of
+    the first, mean of the second, us between their starts)."""
+    early = late = dt = 0
+    for k in range(2 * pairs):
+        hw.pol.value(k & 1)  # only ever switched with EN low
+        hw.en.value(1)
+        hw.sleep_us(SETTLE_US)
+        try:
+            t0 = hw.ticks_us()
+            early += _convert(hw, ch, pga)
+            dt += hw.ticks_diff(hw.ticks_us(), t0)
+            late += _convert(hw, ch, pga)
+        finally:
+            hw.en.value(0)
+        _feed(hw)
+        hw.sleep_us(GAP_US)
+    n = 2 * pairs
+    return early / n, late / n, dt / n
 
 
 def _mean_off(hw, ch, pga, n):
@@ -129,17 +170,22 @@ def self_check(hw, dac_zero=True):
 # ---- calibration against a reference resistor ---------------------------------------------
 
 def run(hw, r_ref_ohm, save_to=CALIB_PATH, pairs=PAIRS):
-    """See calib.run."""
+    """See calib.run. A refused run changes nothing: no file is written, and the fine
+    DAC's ratio (set while measuring) goes back to what it was."""
     import safe
 
+    fine_k = getattr(hw.dac, "fine_k_q8", None)
+    res = None
     try:
         safe.set_armed(True)  # from here only this loop feeds the watchdog
         res = _run(hw, float(r_ref_ohm), pairs)
     except CalibrationError as e:
-        return {"ok": False, "error": str(e)}
+        return {"ok": False, "error": "%s; the previous calibration is kept" % e}
     finally:
         hw.output_off()
         safe.set_armed(False)
+        if res is None and fine_k is not None:
+            hw.dac.fine_k_q8 = fine_k
     if save_to:
         save(res, save_to)
     return res
@@ -164,6 +210,7 @@ def _run(hw, r_ref, pairs):
     # ADC zeros with the output off (the load channel's is subtracted from the reference).
     zero_load = _mean_off(hw, b.load_channel, pga_load, 16)
     zero_shunt = _mean_off(hw, b.shunt_channel, PGA_SHUNT, 16)
+    fit = "fit the %d ohm reference resistor across the probes, nothing else touching them, and calibrate again" % r_ref
 
     def point(code, fine=None):
         _set(hw, code, fine)
@@ -173,16 +220,27 @@ def _run(hw, r_ref, pairs):
         i_true = (v - zero_load) * lsb_load * div / r_ref * 1e6
         return i_true, _shunt_ua(b, s)
 
-    # The reference must be there: at a low current the load must look like r_ref.
+    # The reference must be there: at a low current the load must look like r_ref ...
     code_lo = int(lo_ua / nominal)
     i_true, i_adc = point(code_lo)
     if i_adc < 0.3 * lo_ua:
-        raise CalibrationError("no current flows (%.1f uA at a nominal %.0f uA): put the reference "
-                               "resistor across the probes" % (i_adc, lo_ua))
+        raise CalibrationError("no current flows (%.1f uA at a nominal %.0f uA); %s" % (i_adc, lo_ua, fit))
     z = r_ref * i_true / i_adc
-    if abs(z - r_ref) > REF_TOLERANCE * r_ref:
-        raise CalibrationError("the load is %d ohm, not the %d ohm reference: check the resistor "
-                               "and that nobody touches the probes" % (z, r_ref))
+    tol = REF_TOLERANCE + SWITCH_OHM / r_ref
+    if abs(z - r_ref) > tol * r_ref:
+        raise CalibrationError("the load is %d ohm, not the %d ohm reference (the parts allow +-%.1f %%); %s"
+                               % (z, r_ref, tol * 100, fit))
+    # ... and like a resistor: its voltage flat within a phase, but for the DC-blocking
+    # capacitor's ramp. Skin and gel are capacitive: their voltage keeps rising.
+    _set(hw, code_lo)
+    v1, v2, dt = _rise(hw, b.load_channel, pga_load, pairs // 2 or 1)
+    hw.dac.write(0)
+    rise = (v2 - v1) / (v1 - zero_load) if v1 > zero_load else 1.0
+    rise_max = RISE_CAP_FACTOR * dt * 1e-6 / (r_ref * b.dc_block_uf * 1e-6) + RISE_NOISE
+    if rise > rise_max:
+        raise CalibrationError("the load is not a resistor: its voltage rose %.1f %% within %.1f ms (a "
+                               "resistor's: at most %.1f %%), as skin or gel does; %s"
+                               % (rise * 100, dt / 1000, rise_max * 100, fit))
     dac_zero_i, _ = point(0)
     fine_k = None
     ratio = None
@@ -198,9 +256,9 @@ def _run(hw, r_ref, pairs):
         if ib - ia <= 0:
             raise CalibrationError("the coarse DAC does not move the current (%.2f -> %.2f uA)" % (ia, ib))
         ratio = (ic - ia) / (ib - ia) * steps / f
-        if abs(ratio * n - 1) > GAIN_TOLERANCE:
-            raise CalibrationError("the fine DAC's ratio is %.4f, not about 1/%d: check its resistor network"
-                                   % (ratio, n))
+        if abs(ratio * n - 1) > FINE_RATIO_TOLERANCE:
+            raise CalibrationError("the fine DAC's ratio is 1/%.2f, not 1/%d +-%.1f %%: check RFINE (16.0 kohm) "
+                                   "and R4 (1.00 kohm)" % (1 / ratio, n, FINE_RATIO_TOLERANCE * 100))
         fine_k = int(256 / (n * ratio) + 0.5)
         hw.dac.fine_k_q8 = fine_k
     # Two points on the whole code, then a third to see how straight the line is.
@@ -227,11 +285,32 @@ def _run(hw, r_ref, pairs):
                         round(zero_load * lsb_load * 1e6, 1)],
         "dac_gain_vs_nominal": round(g / nominal, 5),
         "adc_gain_vs_nominal": round(ag, 5),
+        "load_rise": round(rise, 5),
         "ok": True,
     }
-    if not _plausible(b, res):
-        raise CalibrationError("the front end is not what the board says: DAC %.3f x nominal, ADC "
-                               "%.3f x nominal (allowed 1 +- %s)" % (g / nominal, ag, GAIN_TOLERANCE))
+    _judge(res, g / nominal, fit)
     if dac_zero_i > DAC_ZERO_MAX_UA:
         raise CalibrationError("%.1f uA flow with the DAC at zero (limit %.1f uA)" % (dac_zero_i, DAC_ZERO_MAX_UA))
     return res
+
+
+def _judge(res, dac_gain, fit):
+    """Refuse a result the board's parts cannot give (see the tolerances in calib.py):
+    the same limits load() applies to a stored calibration, with what to check."""
+    if abs(dac_gain - 1) > DAC_GAIN_TOLERANCE:
+        raise CalibrationError("the source gives %.3f x its nominal current; the parts allow 1 +-%.3f; check "
+                               "R1/R2/R3 (R2D on a two-DAC board) against boards/frontend/README.md, and %s"
+                               % (dac_gain, DAC_GAIN_TOLERANCE, fit))
+    if abs(res["adc_gain"] - 1) > ADC_GAIN_TOLERANCE:
+        raise CalibrationError("the shunt reads %.3f x the current through the reference; the parts allow 1 "
+                               "+-%.3f; check RSHUNT (1.00 kohm), RDIV1/RDIV2, and %s"
+                               % (res["adc_gain"], ADC_GAIN_TOLERANCE, fit))
+    if abs(res["dac_offset_ua"]) > DAC_OFFSET_MAX_UA or abs(res["adc_offset_ua"]) > ADC_OFFSET_MAX_UA:
+        raise CalibrationError("offsets of %.2f uA (source) and %.2f uA (shunt reading) exceed %.1f / %.1f uA; "
+                               "%s" % (res["dac_offset_ua"], res["adc_offset_ua"], DAC_OFFSET_MAX_UA,
+                                       ADC_OFFSET_MAX_UA, fit))
+    dac_lin = DAC_LINEARITY_UA
+    if abs(res["adc_residual_ua"]) > ADC_LINEARITY_UA or abs(res["dac_residual_ua"]) > dac_lin:
+        raise CalibrationError("the three points are not on a line (%.2f uA off for the shunt reading, %.2f uA "
+                               "for the source; allowed %.2f / %.2f uA), the load changed while measuring; %s"
+                               % (res["adc_residual_ua"], res["dac_residual_ua"], ADC_LINEARITY_UA, dac_lin, fit))

@@ -66,7 +66,36 @@ def _kv(data: dict, keys=None) -> None:
             click.echo(f"{k:>20}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The top-level group. Commands that live in their own modules are imported only when
+    they run (or when help lists them), so a command pays at start only for what it uses:
+    `microstim logs pull` never loads numpy, rich or matplotlib."""
+
+    LAZY = {
+        "bench": ("microstim.bench", "bench_command"),
+        "boards": ("microstim.boards", "boards_command"),
+        "characterise": ("microstim.characterise", "characterise_command"),
+        "flash": ("microstim.flashing", "flash_command"),
+        "logs": ("microstim.logs.cli", "group"),
+        "report": ("microstim.report", "command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.LAZY:
+            import importlib
+
+            module, attr = self.LAZY[name]
+            cmd = getattr(importlib.import_module(module), attr)
+            if name == "logs":
+                cmd.add_command(logs_pull, "pull")
+            self.add_command(cmd, name)
+        return self.commands.get(name)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="microstim")
 def main() -> None:
     """Flash, deploy, configure and watch a microstim device, or its virtual board.
@@ -434,27 +463,6 @@ def calibrate(port, r_ref_ohm, as_json):
         f"calibrated: DAC {d['dac_gain_vs_nominal']:.4f} x nominal, offset {d['dac_offset_ua']:.2f} µA; "
         f"ADC {d['adc_gain']:.4f} x nominal, offset {d['adc_offset_ua']:.2f} µA; "
         f"residuals DAC {d['dac_residual_ua']:.2f} µA, ADC {d['adc_residual_ua']:.2f} µA"))
-
-
-def _wire() -> None:
-    """Commands that live in their own modules."""
-    from .bench import bench_command
-    from .boards import boards_command
-    from .characterise import characterise_command
-    from .flashing import flash_command
-    from .logs.cli import group as logs_group
-    from .report import command as report_command
-
-    main.add_command(flash_command, "flash")
-    main.add_command(boards_command, "boards")
-    main.add_command(characterise_command, "characterise")
-    main.add_command(bench_command, "bench")
-    logs_group.add_command(logs_pull, "pull")
-    main.add_command(logs_group, "logs")
-    main.add_command(report_command, "report")
-
-
-_wire()
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import Device, RequestError
+from .device import HELLO_TIMEOUT, Device, RequestError
 from .errors import DeviceError
-from .logs.archive import Archive, default_root, ingest
 
 CHUNK = 4096
 WINDOW = 3  # log_read requests in flight
@@ -37,6 +36,28 @@ class PullResult:
         return dict(self.__dict__)
 
 
+def _hello_and_list(dev: Device) -> tuple[dict, dict]:
+    """`hello` and `log_list` in one exchange (the list does not depend on the hello), so
+    the first log bytes are asked for one round trip after the port opens. The archive
+    code (which compiles the firmware's logstore.py) is imported while the device answers.
+    A board that does not answer at once gets Device.connect()'s retry and messages."""
+    dev.ser.reset_input_buffer()
+    dev.buf.clear()
+    h = dev.send("hello")
+    ls = dev.send("log_list")
+    from .logs import archive  # noqa: F401  (imported while the answers travel)
+
+    try:
+        try:
+            dev.info = dev.receive(h, "hello", timeout=HELLO_TIMEOUT)[0]
+        except DeviceError:
+            dev.connect()  # says why if the firmware is not there; retries a booting board
+            return dev.info, dev.request("log_list", timeout=10)
+        return dev.info, dev.receive(ls, "log_list", timeout=10)[0]
+    except RequestError as e:
+        raise DeviceError(f"{dev.port}: {e}") from None
+
+
 def pull(port: str | None = None, root: str | Path | None = None, *, progress: bool | None = None,
          stop_after_bytes: int | None = None, chunk: int = CHUNK) -> PullResult:
     """Pull new records; `stop_after_bytes` cuts the pull short (tests of resumption)."""
@@ -44,16 +65,14 @@ def pull(port: str | None = None, root: str | Path | None = None, *, progress: b
 
     t0 = time.monotonic()
     with Device(port) as dev:
-        hi = dev.connect()
+        hi, lst = _hello_and_list(dev)
         uid = hi.get("uid")
         if not uid:
             raise DeviceError(f"{dev.port}: the device did not say its unique id")
+        from .logs.archive import Archive, default_root, ingest
+
         arch = Archive(root or default_root(), uid)
         res = PullResult(uid, str(arch.dir))
-        try:
-            lst = dev.request("log_list", timeout=10)
-        except RequestError as e:
-            raise DeviceError(f"{dev.port}: {e}") from None
         log_id, segs = lst["log_id"], [tuple(s) for s in lst["segments"]]
         hwm_seg, hwm_off = arch.resume_point(log_id)
         if segs and hwm_seg and segs[0][0] > hwm_seg:

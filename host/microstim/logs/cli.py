@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..errors import MicrostimError, UsageError
-from . import adherence
-from .archive import Archive, default_root
-from .data import load
-from .export import export_csv, export_parquet, iso, parquet_available
+
+# numpy, the decoder and the exporters are imported inside the commands that use them:
+# `microstim logs pull` loads this group too, and must start fast.
 
 
 def _fail(e: MicrostimError) -> None:
@@ -21,8 +19,10 @@ def _fail(e: MicrostimError) -> None:
     sys.exit(e.exit_code)
 
 
-def pick_archive(root: Path | None, device: str | None) -> Archive:
+def pick_archive(root: Path | None, device: str | None):
     """The archive of `device` (a unique id or its prefix), or the only one there is."""
+    from .archive import Archive, default_root
+
     root = Path(root) if root else default_root()
     uids = sorted(p.name for p in root.iterdir() if (p / "state.json").exists()) if root.is_dir() else []
     if device:
@@ -60,6 +60,12 @@ def group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(root: Path | None, device: str | None, last: int, as_json: bool) -> None:
     """Sessions, adherence to the protocol, faults and log integrity."""
+    import numpy as np
+
+    from . import adherence
+    from .data import load
+    from .export import iso
+
     try:
         arch = pick_archive(root, device)
     except MicrostimError as e:
@@ -114,6 +120,9 @@ def show(root: Path | None, device: str | None, last: int, as_json: bool) -> Non
               help="all = CSV, and Parquet too when pyarrow is installed.")
 def export(root: Path | None, device: str | None, out_dir: Path | None, fmt: str) -> None:
     """Sessions, 1 Hz summaries, events and boots as CSV (and Parquet) files."""
+    from .data import load
+    from .export import export_csv, export_parquet, parquet_available
+
     try:
         arch = pick_archive(root, device)
         if fmt == "parquet" and not parquet_available():

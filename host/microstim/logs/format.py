@@ -7,18 +7,53 @@ firmware/LOGFORMAT.md describes the bytes.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
+import marshal
+import os
+import sys
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import paths
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "microstim" / "fwcode"
+
+
+def _firmware_code(path: Path):
+    """The firmware module's code object, compiled once per source text and Python version
+    and kept in the user's cache (never next to the firmware, whose folder is deployed),
+    as Python keeps a .pyc: compiling logstore.py costs a command start about 17 ms."""
+    src = path.read_bytes()
+    # Keyed like a .pyc (interpreter's magic number), by the source's length and CRC-32
+    # instead of its mtime, so an edited firmware file is never served stale code.
+    key = f"{importlib.util.MAGIC_NUMBER.hex()}-{len(src)}-{zlib.crc32(src):08x}"
+    cached = _cache_dir() / f"{path.stem}-{key}.code"
+    try:
+        return marshal.loads(cached.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    code = compile(src, str(path), "exec")
+    if sys.dont_write_bytecode:  # PYTHONDONTWRITEBYTECODE / -B: no caches of compiled code
+        return code
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(marshal.dumps(code))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home: compile every time
+    return code
 
 
 def _load_firmware_module():
     path = paths.firmware_dir() / "msfw" / "logstore.py"
     spec = importlib.util.spec_from_file_location("microstim._fw_logstore", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    exec(_firmware_code(path), mod.__dict__)
     return mod
 
 
@@ -27,6 +62,8 @@ fw = _load_firmware_module()
 
 def _firmware_tuple(module: str, name: str) -> tuple:
     """A tuple literal from a firmware module that only MicroPython can import."""
+    import ast
+
     src = (paths.firmware_dir() / "msfw" / module).read_text()
     for node in ast.parse(src).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
@@ -34,9 +71,23 @@ def _firmware_tuple(module: str, name: str) -> tuple:
     raise LookupError(f"{name} not found in firmware/msfw/{module}")
 
 
-FAULT_NAMES = _firmware_tuple("supervisor.py", "FAULT_NAMES")
-CONTACT_NAMES = _firmware_tuple("supervisor.py", "CONTACT_NAMES")
-STATE_NAMES = _firmware_tuple("engine.py", "STATE_NAMES")
+# Names of faults, contact reasons and engine states, read from the firmware's sources
+# when first asked for (module __getattr__): a pull only stores records and never needs them.
+_TUPLES = {"FAULT_NAMES": "supervisor.py", "CONTACT_NAMES": "supervisor.py", "STATE_NAMES": "engine.py"}
+
+
+def __getattr__(name: str):
+    module = _TUPLES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = _firmware_tuple(module, name)
+    return value
+
+
+def _names(name: str) -> tuple:
+    return globals().get(name) or __getattr__(name)
+
+
 RESET_CAUSES = {1: "power_on", 2: "hard", 3: "watchdog", 4: "deepsleep", 5: "soft"}
 EPOCH_2000_UNIX = 946684800
 VALID_AFTER_UNIX = 1577836800  # 2020-01-01: an RTC before this was never set
@@ -247,7 +298,9 @@ _DECODERS = {fw.T_SEG: _seg, fw.T_BOOT: _boot, fw.T_START: _start, fw.T_SUMMARY:
 def event_detail(kind_code: int, value: int) -> str:
     """The name behind an event's value (a fault, a contact reason), where it has one."""
     if kind_code in (fw.EV_FAULT, fw.EV_REFUSED):
-        return FAULT_NAMES[value] if 0 <= value < len(FAULT_NAMES) else str(value)
+        names = _names("FAULT_NAMES")
+        return names[value] if 0 <= value < len(names) else str(value)
     if kind_code in (fw.EV_CONTACT_LOST, fw.EV_CONTACT_OK):
-        return CONTACT_NAMES[value] if 0 <= value < len(CONTACT_NAMES) else str(value)
+        names = _names("CONTACT_NAMES")
+        return names[value] if 0 <= value < len(names) else str(value)
     return ""

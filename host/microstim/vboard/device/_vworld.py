@@ -317,6 +317,11 @@ class World:
         self.dac = {}  # gpio -> code
         self.wdt_timeout_us = 0
         self.wdt_fed_us = 0
+        # Chips powered from the board's rail, not reset with the ESP32 (an external DAC):
+        # key -> device with state(); each restores itself from restored_chip(key), and
+        # decides by the reset cause what it keeps (every cause but a power-on keeps all).
+        self.chips = {}
+        self._chip_state = st.get("chips", {})
         if state and reset_cause == SOFT_RESET:
             # A soft reset keeps DAC levels and GPIO output levels, and a started watchdog
             # keeps running (the ESP32 port never removes its task-WDT user); timers stop.
@@ -830,12 +835,18 @@ class World:
             self.log("scenario", what=kind, spec=ev)
 
     # ---- resets and power ---------------------------------------------------------------
+    def restored_chip(self, key):
+        """The saved state of a separately powered chip (None: first power-on)."""
+        return self._chip_state.get(key)
+
     def save_state(self, keep_outputs):
-        """What survives this power cycle: virtual time, boot count, and on a soft reset
-        the DAC and GPIO output levels. Padded in place (files cannot be truncated)."""
+        """What survives this power cycle: virtual time, boot count, the separately
+        powered chips' state (always: they decide what a power-on clears), and on a soft
+        reset the DAC and GPIO output levels. Padded in place (files cannot be truncated)."""
         if self.state_file is None:
             return
-        st = {"now_us": self.now_us, "boots": self.boots}
+        st = {"now_us": self.now_us, "boots": self.boots,
+              "chips": {k: d.state() for k, d in self.chips.items()}}
         if keep_outputs:
             st["wdt_timeout_us"] = self.wdt_timeout_us
             st["wdt_fed_us"] = self.wdt_fed_us
