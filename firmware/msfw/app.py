@@ -13,7 +13,12 @@ import gc
 import json
 
 import msfw
-from msfw import VERSION, logstore, proto
+from msfw import (
+    VERSION,
+    logflash,  # noqa: F401 - resident (see LAZY), loaded while the heap is whole
+    logstore,
+    proto,
+)
 from msfw import engine as E
 from msfw.supervisor import CONTACT_NAMES, F_ADC, FAULT_NAMES
 

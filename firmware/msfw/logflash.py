@@ -55,38 +55,64 @@ def open_store(st, rtc_s=0):
     return _recover(st)
 
 
+WINDOW = 1024  # bytes of a segment in RAM at a time (boot scan, repair): a record is <= 266
+_MAXREC = OVERHEAD + 255
+
+
 def _scan(st, seg_id):
-    """(buf, log id or -1, next seq or -1, end of the last valid record)."""
+    """(size, log id or -1, next seq or -1, end of the last valid record). Reads the
+    segment through a small window: a segment is up to 16 KB, and at boot the heap has
+    no room for it whole."""
     path = st._path(seg_id)
     size = os.stat(path)[6]
-    buf = bytearray(size)
-    with open(path, "rb") as f:
-        f.readinto(buf)
+    buf = bytearray(WINDOW)
+    base = 0  # file offset of buf[0]
+    n = 0  # bytes in buf
     pos = 0
     end_ok = 0
     log_id = -1
     nxt = -1
-    while pos < size:
-        n = check_record(buf, pos, size)
-        if n <= 0:
-            pos += 1  # resynchronise on the next valid record
-            continue
-        if buf[pos + 1] == T_SEG:
-            if pos == 0:
-                log_id = _u32(buf, pos + HDR)
-            if nxt < 0:
-                nxt = record_seq(buf, pos)
-        else:
-            nxt = record_seq(buf, pos) + 1
-        pos += n
-        end_ok = pos
-    return buf, log_id, nxt, end_ok
+    with open(path, "rb") as f:
+        while pos < size:
+            if pos - base + _MAXREC > n and base + n < size:
+                f.seek(pos)
+                n = f.readinto(buf) or 0
+                base = pos
+            i = pos - base
+            r = check_record(buf, i, n)
+            if r <= 0:
+                pos += 1  # resynchronise on the next valid record
+                continue
+            if buf[i + 1] == T_SEG:
+                if pos == 0:
+                    log_id = _u32(buf, i + HDR)
+                if nxt < 0:
+                    nxt = record_seq(buf, i)
+            else:
+                nxt = record_seq(buf, i) + 1
+            pos += r
+            end_ok = pos
+    return size, log_id, nxt, end_ok
+
+
+def _copy_prefix(src, dst, n):
+    buf = bytearray(WINDOW)
+    mv = memoryview(buf)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while n > 0:
+            k = fi.readinto(buf)
+            if not k:
+                break
+            if k > n:
+                k = n
+            fo.write(mv[:k])
+            n -= k
+        fo.flush()
 
 
 def _recover(st):
     seg_id = st._ids[-1]
-    buf, log_id, nxt, end_ok = _scan(st, seg_id)
-    size = len(buf)
+    size, log_id, nxt, end_ok = _scan(st, seg_id)
     if log_id < 0 or nxt < 0:
         # No valid header: created, then cut before its header was committed.
         prev = _scan(st, st._ids[-2]) if len(st._ids) > 1 else None
@@ -110,9 +136,7 @@ def _recover(st):
         # segment: a power cut during the repair leaves the original (plus a .tmp
         # that the next boot removes), never half of each.
         tmp = st._path(seg_id)[:-4] + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(memoryview(buf)[:end_ok])
-            f.flush()
+        _copy_prefix(st._path(seg_id), tmp, end_ok)
         os.rename(tmp, st._path(seg_id))
         st._sizes[-1] = end_ok
     if dropped:
