@@ -1,12 +1,13 @@
 """Log pull throughput against the virtual board at 115200 baud, side by side with
 `mpremote fs cp` of the same log files:
 
-    python benchmarks/pull_bench.py [--days 30] [--rounds 3]
+    python benchmarks/pull_bench.py [--days 30] [--rounds 3] [--from-day 0]
 
 The month: the first 30 days of the usage protocol in PRODUCT.md (5 sessions a week for
 the first 60 days, followed imperfectly: skipped days, a few 5- and 15-minute sessions
 among the default 10-minute ones, contact losses, intensity steps, a fault, a session
-cut by a dead battery), written by the firmware's own log code (msfw/logstore.py on the
+cut by a dead battery); `--from-day 63` takes a month of the maintenance phase (2-3 a
+week) instead. Written by the firmware's own log code (msfw/logstore.py on the
 MicroPython unix port, microstim.logs.generate). Its segments are put on a virtual
 board's flash (/log) at full speed; the board restarts with the 115200-baud limit (its
 LogStore opens the log and appends its boot record, as on a device) and both tools fetch
@@ -37,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "host"))
 from microstim.build import Item  # noqa: E402
 from microstim.deploy import upload  # noqa: E402
 from microstim.device import Device  # noqa: E402
-from microstim.logs.generate import generate  # noqa: E402
+from microstim.logs.generate import DAY_S, generate, plan_usage  # noqa: E402
 from microstim.vboard import VirtualBoard  # noqa: E402
 
 BAUD = 115200
@@ -54,6 +55,17 @@ def run(cmd: list[str]) -> tuple[float, str]:
     return dt, r.stdout
 
 
+def month_plan(days: int, from_day: int) -> dict:
+    """Days from_day .. from_day+days of the usage plan: what a monthly pull fetches (the
+    first boot, clock setting and calibration stay; they are a few records)."""
+    plan = plan_usage(from_day + days)
+    t0 = plan["start_unix"] + from_day * DAY_S
+    setup = plan["actions"][:3]
+    plan["actions"] = setup + [a for a in plan["actions"][3:] if a["rtc"] >= t0]
+    plan["session_days"] = [d for d in plan["session_days"] if d >= from_day]
+    return plan
+
+
 def month_figures(gen, days: int) -> dict:
     sessions = [a for a in gen.plan["actions"] if a["a"] == "session"]
     minutes = sum((a.get("stop_s") or a["dur"]) for a in sessions) / 60
@@ -65,10 +77,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--from-day", type=int, default=0,
+                    help="0: the first month (5 sessions a week); 63: a month of the maintenance phase (2-3 a week)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        gen = generate(tmp / "gen", days=a.days)
+        gen = generate(tmp / "gen", plan=month_plan(a.days, a.from_day))
         segs = gen.segments
         nbytes = sum(len(b) for b in segs.values())
         run_dir = tmp / "vb"
@@ -122,7 +136,7 @@ def main() -> None:
     r_mp = med(n / t for n, t in zip(sizes, copies, strict=True))
     bytecode = "off (PYTHONDONTWRITEBYTECODE set: every start compiles microstim's modules)" \
         if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
-    print(f"{a.days} days of logs written by the firmware's LogStore: {m['sessions']} sessions "
+    print(f"days {a.from_day}..{a.from_day + a.days - 1} of use, logs written by the firmware's LogStore: {m['sessions']} sessions "
           f"({m['per_week']:.1f} a week) on {m['days_used']} days, {m['minutes']:.0f} session-minutes; "
           f"{len(segs)} segments, {nbytes} bytes generated, {on_dev:.0f} on the board "
           f"({nbytes / m['sessions']:.0f} B a session)")
