@@ -222,3 +222,18 @@ def test_errors_say_what_to_do(tmp_path):
     assert r.returncode in (2, 3)
     r = ms("monitor", "--hz", "500")
     assert r.returncode == 2
+
+
+def test_commands_in_their_own_modules_are_listed_and_run():
+    """The top-level group imports a command's module only when it is used; help still
+    lists every command, and each one's own help works."""
+    top = ok(ms("--help"))
+    for name in ("bench", "boards", "calibrate", "characterise", "config", "demo", "deploy", "flash",
+                 "info", "logs", "monitor", "ports", "report", "sim", "start", "status", "stop"):
+        assert f"  {name} " in top, name
+    logs = ok(ms("logs", "--help"))
+    assert all(f"  {c} " in logs for c in ("export", "pull", "show"))
+    assert "--archive" in ok(ms("logs", "pull", "--help"))
+    assert "--board" in ok(ms("flash", "--help"))
+    r = ms("nosuch")
+    assert r.returncode == 2 and "No such command" in r.stderr

@@ -4,8 +4,10 @@ numpy arrays, exports CSV; the decoder shares the firmware's constants."""
 
 import csv
 import json
+import os
 import random
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,3 +207,41 @@ def test_export_csv(month, tmp_path):
 def test_show_without_logs_says_what_to_do(tmp_path):
     r = CliRunner().invoke(logs_cli.group, ["show", "--archive", str(tmp_path / "none")])
     assert r.exit_code == 2 and "logs pull" in r.output
+
+
+def test_firmware_code_cache_follows_the_source(tmp_path, monkeypatch):
+    """logstore.py's compiled code is cached in the user's cache (never beside the firmware),
+    keyed by the source: an edited file is compiled afresh, never served stale."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(F.sys, "dont_write_bytecode", False)
+    src = tmp_path / "mod.py"
+    src.write_text("X = 1\n")
+    ns: dict = {}
+    exec(F._firmware_code(src), ns)
+    assert ns["X"] == 1 and len(list((tmp_path / "cache").rglob("*.code"))) == 1
+    src.write_text("X = 2\n")  # same length, other text
+    ns = {}
+    exec(F._firmware_code(src), ns)
+    assert ns["X"] == 2 and len(list((tmp_path / "cache").rglob("*.code"))) == 2
+    # PYTHONDONTWRITEBYTECODE (-B) is honoured: nothing written.
+    monkeypatch.setattr(F.sys, "dont_write_bytecode", True)
+    src.write_text("X = 3\n")
+    ns = {}
+    exec(F._firmware_code(src), ns)
+    assert ns["X"] == 3 and len(list((tmp_path / "cache").rglob("*.code"))) == 2
+    assert not list((ROOT / "firmware").rglob("*.code"))
+
+
+def test_log_names_load_on_first_use():
+    """`microstim.logs` and the decoder's firmware names load lazily and are the firmware's."""
+    code = ("import sys\n"
+            "import microstim.logs as L\n"
+            "assert 'numpy' not in sys.modules and 'microstim.logs.data' not in sys.modules\n"
+            "from microstim.logs import Archive, load\n"
+            "assert 'numpy' in sys.modules and callable(load) and Archive.__name__ == 'Archive'\n"
+            "from microstim.logs import format as F\n"
+            "print(F.FAULT_NAMES[1], F.STATE_NAMES[2], F.event_detail(F.fw.EV_FAULT, 1))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=os.environ | {"PYTHONPATH": str(ROOT / "host")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["overcurrent", "stimulating", "overcurrent"]

@@ -15,6 +15,8 @@ from msfw import pulse
 from msfw.regulator import Regulator
 from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
 from msfw.supervisor import (
+    C_COMPLIANCE,
+    C_LIFT,
     C_NONE,
     F_ADC,
     F_NONE,
@@ -57,6 +59,12 @@ PROBE_CU = const(320)  # 10 uA probe pulses while paused
 CONTACT_STABLE_MS = const(500)
 LEARN_MS = const(250)
 LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
+# Charge recovery of the DC-blocking capacitor before a (re)start: one software-switched
+# phase, skipped when shorter than REC_MIN_US, never longer than REC_MAX_US.
+REC_MIN_US = const(2000)
+REC_MAX_US = const(3000000)
+HALF_CONV_US = const(580)  # middle of an ADS1115 conversion window
+REC_PROG = {"software_timed": True, "sampling": "sync"}
 
 # A 5 Hz biphasic probe, 3.5 ms phases: two whole conversions (current, then load) fit
 # in each phase, so a stuck DAC is seen within the first probe phase it drives.
@@ -135,6 +143,16 @@ class Engine:
         self.burst_on = True
         self.burst_t0 = 0
         self.measured_q4 = 0
+        # The DC-blocking capacitor (in series with the electrodes): the load reading
+        # includes its voltage. Tracked from the charge delivered: cb_uv at the start of the
+        # running pattern's period (a whole period adds none), lvl_cu the current flowing.
+        self.cb_c = int(board.dc_block_uf + 0.5) or 1
+        self.cb_uv = 0
+        self.lvl_cu = 0
+        self.rec_us = 0  # > 0 while a recovery phase runs
+        self.next_cu = -1  # a lower target waiting for the next rest
+        self.rec_t0 = 0
+        self.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol)
 
     def _timing(self, prog):
         from msfw import programs
@@ -164,10 +182,19 @@ class Engine:
         self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software, tl is self.main_tl)
         self.last_pos = 0
 
-    def _halt(self):
-        """Output off at once: enable low first, then amplitude and polarity."""
+    def _halt(self, cut_pos=-1):
+        """Output off at once: enable low first, then amplitude and polarity.
+
+        cut_pos: where in the period the current stopped (default: now); the charge the
+        cut period delivered stays on the DC-blocking capacitor and is booked."""
         hw = self.hw
         hw.en.value(0)
+        tl = self.tl
+        if tl is not None and self.lvl_cu and (self.burst_on or tl is not self.main_tl):
+            self.cb_uv = self._cap_uv(tl, tl.pos(hw.ticks_us()) if cut_pos < 0 else cut_pos)
+        self.lvl_cu = 0
+        self.rec_us = 0
+        self.next_cu = -1
         hw.dac.write(0)
         self.dac_last = 0
         if self.timer is not None:
@@ -178,6 +205,19 @@ class Engine:
         self.reg.set_target(0)
         self.reg.discard()
         safe.set_armed(False)
+
+    def _cap_uv(self, tl, pos):
+        """The DC-blocking capacitor's voltage (uV, + polarity) at pos of the running
+        period: I x t / C, in 64 us steps so every product stays below 2**30."""
+        return self.cb_uv + ((self.lvl_cu * (tl.signed_on(pos) >> 6)) << 1) // self.cb_c
+
+    def _cap_seen_uv(self, tl, samp):
+        """The capacitor's voltage in the direction of the current, mid-way through the
+        conversion the sampler has just completed (0 for dense trains: both polarities)."""
+        if samp.dense:
+            return 0
+        c = self._cap_uv(tl, samp.done_pos + HALF_CONV_US)
+        return c if samp.done_sign >= 0 else -c
 
     def _emit(self, kind, value=0):
         n = self._ev_n
@@ -211,6 +251,7 @@ class Engine:
             code = self.reg.dac_code()
             self.hw.dac.write(code)
             self.dac_last = code
+            self.lvl_cu = self.reg.target_cu
         else:
             self.dac_pending = True  # the first step is taken in the next rest
 
@@ -249,9 +290,71 @@ class Engine:
         self.limit_cu = self.setpoint_cu
         self.measured_q4 = self.level_target() << 4
         self.sup.reset_contact()
-        self._run(self.main_tl, self.main_timer)
-        self._ramp(now_ms, self.level_target(), True)
+        self._begin(now_ms)
         return True
+
+    def _begin(self, now_ms):
+        """(Re)start the output. First one recovery phase brings the DC-blocking capacitor
+        to the charge about which the program swings symmetrically at its full level: it
+        drains whatever cut periods left (a lift, a pause, a stop) and centres the swing,
+        so the capacitor never adds more than half a period's I x t / C to the load
+        reading. Its current is never above the soft start's first step (nor below the
+        probe's 10 uA); then the soft start begins."""
+        target = self.level_target()
+        want = -((target * (self.main_tl.s_mid >> 6)) << 1) // self.cb_c
+        err = want - self.cb_uv
+        rec = target * self.macro_ms // self.ramp_ms
+        if rec < PROBE_CU:
+            rec = PROBE_CU
+        us = abs(err) * self.cb_c * 32.0 / rec  # uV x uF / uA = us (off the hot path)
+        if us < REC_MIN_US:
+            self._main(now_ms)
+            return
+        us = int(us) if us < REC_MAX_US else REC_MAX_US
+        tl = Timeline(((0, us, 1 if err > 0 else -1),), us + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
+        tl.prog = REC_PROG
+        tl.seq = tl.intervals
+        self._run(tl, self.rec_timer)
+        self.rec_us = us
+        self.rec_t0 = self.hw.ticks_us()
+        self.reg.set_target(rec)
+        code = self.reg.dac_code()
+        self.hw.dac.write(code)
+        self.dac_last = code
+        self.lvl_cu = rec
+        self._set_state(S_RAMP)
+
+    def _main(self, now_ms):
+        self._run(self.main_tl, self.main_timer)
+        self.reg.set_target(0)
+        self.burst_on = True
+        self.burst_t0 = now_ms
+        self._ramp(now_ms, self.level_target(), True)
+
+    def _recover(self, now_us, now_ms):
+        """The recovery phase: current, lift and compliance checked as in stimulation."""
+        hw = self.hw
+        el = hw.ticks_diff(now_us, self.rec_t0)
+        us = self.rec_us
+        if el >= us:
+            self._halt(us)
+            self._main(now_ms)
+            return
+        tl = self.tl
+        self.timer.update(tl.intervals[0][2])
+        samp = self.sampler
+        sup = self.sup
+        ch = samp.poll(now_us)
+        if ch == CH_SHUNT:
+            sup.check_current(samp.i_cu, 0, self.lvl_cu)
+        elif ch == CH_LOAD:
+            sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
+        if samp.stuck_us > 4000:
+            sup.trip(F_ADC, samp.stuck_us)
+        if sup.fault != F_NONE:
+            self._fault()
+        elif sup.contact != C_NONE:
+            self._pause(now_ms)
 
     def step_intensity(self, now_ms):
         """One step up; past the top it wraps to the lowest level, never higher."""
@@ -265,8 +368,11 @@ class Engine:
         if t > self.reg.target_cu:
             self._ramp(now_ms, t)  # every increase gets a fresh soft start
         else:
+            # A decrease takes effect where the DAC may change (the next rest): until then
+            # the current flowing is still the old level's, and is judged against it.
             self.ramp_to = t
-            self.reg.set_target(t)
+            self.next_cu = t
+            self.dac_pending = True
 
     def stop(self, reason=END_BUTTON):
         if self.state in (S_RAMP, S_STIM, S_PAUSED):
@@ -316,6 +422,9 @@ class Engine:
         if st == S_PAUSED:
             self._probe(now_us, now_ms)
             return
+        if self.rec_us:
+            self._recover(now_us, now_ms)
+            return
         pos = tl.pos(now_us)
         if pos < self.last_pos:
             self.sup.period_end()
@@ -336,7 +445,7 @@ class Engine:
                 # What the firmware itself measures, smoothed over about 64 samples (Q4).
                 self.measured_q4 += ((samp.i_cu << 4) - self.measured_q4) >> 6
         elif ch == CH_LOAD:
-            sup.check_load(samp.v_mv)
+            sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
         if samp.stuck_us > 4000:
             sup.trip(F_ADC, samp.stuck_us)
         if sup.fault != F_NONE:
@@ -367,6 +476,9 @@ class Engine:
             self.dac_pending = True
         if self.dac_pending and tl.in_rest(tl.pos(hw.ticks_us())):
             self.dac_pending = False
+            if self.next_cu >= 0:
+                self.reg.set_target(self.next_cu)
+                self.next_cu = -1
             if self.state == S_RAMP:
                 # The target moves with the code, so the checks always judge the current
                 # against the level it was set for.
@@ -380,6 +492,7 @@ class Engine:
                     sup.i_cu = sup.i_cu * code // self.dac_last
                 hw.dac.write(code)
                 self.dac_last = code
+            self.lvl_cu = self.reg.target_cu
 
     def _burst(self, now_ms):
         """Burst programs: on for train_on_ms, off for train_off_ms (ms accuracy)."""
@@ -424,9 +537,12 @@ class Engine:
         return w
 
     def _pause(self, now_ms):
-        self.pause_reason = self.sup.contact
-        self._emit(E_CONTACT_LOST, self.sup.contact)
-        self._halt()
+        self.pause_reason = c = self.sup.contact
+        self._emit(E_CONTACT_LOST, c)
+        # A lift (or compliance) stopped the current before the conversion that saw it
+        # ended: the period's charge is booked up to where that conversion began.
+        samp = self.sampler
+        self._halt(samp.done_pos if (c == C_LIFT or c == C_COMPLIANCE) and samp.fresh != CH_NONE else -1)
         self._set_state(S_PAUSED)
         self.sup.reset_contact()
         self.good_since = 0
@@ -448,6 +564,7 @@ class Engine:
             if code != self.dac_last:
                 hw.dac.write(code)
                 self.dac_last = code
+            self.lvl_cu = self.reg.target_cu
         if ch == CH_NONE:
             return
         sup = self.sup
@@ -459,7 +576,7 @@ class Engine:
         elif ch == CH_LOAD:
             good = samp.v_mv < sup.compliance_mv
             if good and sup.i_cu:
-                sup.check_load(samp.v_mv)
+                sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
         if sup.fault != F_NONE:
             self._fault()
             return
@@ -480,8 +597,4 @@ class Engine:
         elif ch != CH_LOAD:
             return
         self._emit(E_CONTACT_OK, self.pause_reason)
-        self._run(self.main_tl, self.main_timer)
-        self.reg.set_target(0)
-        self.burst_on = True
-        self.burst_t0 = now_ms
-        self._ramp(now_ms, self.level_target(), True)
+        self._begin(now_ms)

@@ -18,6 +18,7 @@ CONV_US = const(1163)  # 860 SPS
 WAKE_US = const(40)  # power-up from single-shot plus I2C latency
 MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
 SOFT_MARGIN_US = const(3000)
+POLL_US = const(400)  # collecting a result and starting the next (two I2C transfers, the loop)
 REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
 PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
 PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
@@ -48,6 +49,17 @@ class Timeline:
         self._diff = ticks_diff
         self._add = ticks_add
         self.fit_start = 0  # start of the phase the last fits() found
+        self.fit_end = 0  # and its end
+        # Signed on-time at the pattern's extremes: the DC-blocking capacitor's charge
+        # swings over [s_min, s_max] x current within a period (0 at its start and end).
+        s = s_max = s_min = 0
+        for a, b, sg in iv:
+            s += (b - a) * sg
+            if s > s_max:
+                s_max = s
+            if s < s_min:
+                s_min = s
+        self.s_mid = (s_max + s_min) // 2
 
     def start(self, origin_us):
         self.origin = origin_us
@@ -77,6 +89,15 @@ class Timeline:
                 best = b - pos
         return best
 
+    def signed_on(self, pos):
+        """On-time (us) from the start of the period to pos, + phases adding and - phases
+        subtracting: the charge into the DC-blocking capacitor is this x the current."""
+        q = 0
+        for a, b, s in self.intervals:
+            if pos > a:
+                q += ((b if pos > b else pos) - a) * s
+        return q
+
     def sign_at(self, pos):
         for a, b, s in self.intervals:
             if a <= pos < b:
@@ -88,6 +109,7 @@ class Timeline:
         for a, b, s in self.intervals:
             if a + margin <= pos and pos + length + margin <= b:
                 self.fit_start = a
+                self.fit_end = b
                 return s
         return 0
 
@@ -132,6 +154,7 @@ class Sampler:
         self.phase_start = -1
         self.phase_pos = 0
         self.load_first = False
+        self.phase_i = False  # the current has been read in this phase
         self.t_start = 0
         self.pos_start = 0
         self.sign = 0
@@ -141,6 +164,8 @@ class Sampler:
         self.i_sign = 0
         self.v_mv = 0  # load voltage during a phase (mV)
         self.fresh = CH_NONE  # which channel the last poll() completed
+        self.done_pos = 0  # where in the pattern the completed conversion started (us)
+        self.done_sign = 0  # and the sign of its phase
         self.stuck_us = 0  # how long a conversion has been overdue
 
     def set_calibration(self, gain_q14, offset_cu):
@@ -181,6 +206,8 @@ class Sampler:
             raw = adc.read_raw()
             ch = self.busy
             self.busy = CH_NONE
+            self.done_pos = self.pos_start
+            self.done_sign = self.sign
             if raw < 0:
                 raw = 0
             f = self.on_q10
@@ -224,17 +251,24 @@ class Sampler:
             # The first conversion of every phase reads the load: a short or a lift shows
             # there first; the current follows one conversion later.
             ch = CH_LOAD
+            self.phase_i = False
+        elif self.load_first and self.phase_i and pos + 2 * CONV_US + WAKE_US + POLL_US + self.margin > tl.fit_end:
+            # So does the last one that fits (once the current has been read): a short that
+            # begins late in a phase is seen before the phase ends, not in the next one.
+            ch = CH_LOAD
         self.phase_start = tl.fit_start
         self.phase_pos = pos
         if ch == CH_SHUNT:
             adc.start(self.shunt_ch, PGA_SHUNT)
             self.next_ch = CH_LOAD
+            self.phase_i = True
         else:
             adc.start(self.load_ch, PGA_LOAD)
             self.next_ch = CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
         self.t_start = t
+        self.pos_start = pos
         self.sign = sign
         if self.dense:
             # The window really starts after the I2C write and the ADC's wake-up.

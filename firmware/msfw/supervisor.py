@@ -28,6 +28,9 @@ C_JUMP = const(3)  # the impedance rose suddenly: partial contact concentrates c
 CONTACT_NAMES = ("none", "lift_off", "compliance", "impedance_jump")
 
 Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
+# The DC-blocking capacitor's voltage is known from its charge only as well as its
+# capacitance: a bipolar electrolytic is +-20 %; the band is 1/4 (25 %) of the estimate.
+CAP_TOL_SHIFT = const(2)
 MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
 MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
 ADC_STUCK_US = const(4000)
@@ -86,15 +89,22 @@ class Supervisor:
             self.neg_sum += i_cu
             self.neg_n += 1
 
-    def check_load(self, v_mv):
-        """A fresh sample of the load voltage, with the latest current sample."""
+    def check_load(self, v_mv, cap_uv=0):
+        """A fresh sample of the load voltage, with the latest current sample.
+
+        The reading is the TOP node: I x Z plus the DC-blocking capacitor's voltage
+        (cap_uv, in the direction of this phase's current, estimated by the engine from
+        the charge it delivered). A short is what no load of Z_SHORT_OHM or more can read,
+        whatever the capacitor is within CAP_TOL_SHIFT of its estimate: where the
+        capacitor aids the current by more than I x Z_SHORT_OHM, nothing is judged."""
         if v_mv >= self.compliance_mv:
             self.contact = C_COMPLIANCE
             return
         i = self.i_cu
         if i < MIN_CHECK_CU:
             return
-        if v_mv < 1000 and v_mv * 32000 < Z_SHORT_OHM * i:
+        band = (cap_uv if cap_uv >= 0 else -cap_uv) >> CAP_TOL_SHIFT
+        if v_mv * 1000 < Z_SHORT_OHM * i // 32 + cap_uv - band:  # uV; all below 2**30
             self.trip(F_SHORT, v_mv)
             return
         if i < JUMP_MIN_CU:

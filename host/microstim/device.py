@@ -12,8 +12,9 @@ from __future__ import annotations
 import collections
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import serial
 
@@ -24,6 +25,8 @@ from .ports import open_port, resolve
 BAUD = 115200
 RESPONSE_TIMEOUT = 5.0
 HELLO_TIMEOUT = 0.6
+BATCH = 64  # bytes: a bulk payload is read in wake-ups of at least this many ...
+BATCH_S = 0.01  # ... or after this long
 
 
 class RequestError(MicrostimError):
@@ -49,6 +52,7 @@ class Device:
     def __init__(self, port: str | None = None, baud: int = BAUD, *, ser: serial.SerialBase | None = None):
         self.port = resolve(port) if ser is None else port
         self.ser = ser if ser is not None else open_port(self.port, baud, timeout=0.05)
+        self.byte_s = 10 / baud  # one byte's time on the wire (8N1) at the nominal rate
         self.next_id = 1
         self.buf = bytearray()
         self.queue: collections.deque[dict] = collections.deque()
@@ -95,6 +99,12 @@ class Device:
 
     def _exact(self, n: int, deadline: float) -> bytes:
         while len(self.buf) < n:
+            missing = n - len(self.buf)
+            if missing > BATCH and self.ser.in_waiting < BATCH:
+                # Bulk data trickles in a few bytes at a time (a UART, a pty): collect
+                # about BATCH_S of it per wake-up instead of waking for every few bytes.
+                # Never longer than the missing bytes need at the port's nominal rate.
+                time.sleep(min(BATCH_S, missing * self.byte_s))
             self._fill(deadline)
         out = bytes(self.buf[:n])
         del self.buf[:n]

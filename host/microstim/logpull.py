@@ -27,7 +27,8 @@ class PullResult:
     records: int = 0
     duplicates: int = 0
     bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # port open to the last block stored
+    transfer_s: float = 0.0  # first log_read sent to the last block stored
     corrupt: list[dict] = field(default_factory=list)
     missing: list[list[int]] = field(default_factory=list)
     lost_segments: list[int] = field(default_factory=list)
@@ -87,6 +88,7 @@ def pull(port: str | None = None, root: str | Path | None = None, *, progress: b
             leftover: dict[int, tuple[int, bytes]] = {}
             inflight: list[tuple[int, tuple]] = []
             i = 0
+            t_first = time.monotonic()
             while i < len(reads) or inflight:
                 while i < len(reads) and len(inflight) < WINDOW:
                     sid, off, n, size = reads[i]
@@ -110,5 +112,7 @@ def pull(port: str | None = None, root: str | Path | None = None, *, progress: b
                     for rid2, _ in inflight:  # drain what is already on its way
                         dev.receive(rid2, "log_read", timeout=10)
                     break
+            if reads:
+                res.transfer_s = time.monotonic() - t_first
     res.seconds = time.monotonic() - t0
     return res

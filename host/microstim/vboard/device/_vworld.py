@@ -257,7 +257,8 @@ class FrontEnd:
         self.compliance_v = fe["compliance_v"]
         self.shunt_ohm = fe["shunt_ohm"] * (1.0 + errors.get("shunt", 0.0))
         self.divider = fe["load_divider"] * (1.0 + errors.get("divider", 0.0))
-        self.c_block_f = fe["dc_block_uf"] * 1e-6
+        # CBLOCK as built: a bipolar electrolytic is +-20 % (errors["dc_block"]).
+        self.c_block_f = fe["dc_block_uf"] * 1e-6 * (1.0 + errors.get("dc_block", 0.0))
         self.ain_offset_v = errors.get("ain_offset_v", 0.0)
         self.fast_divider = fe.get("fast_load_divider", 15.0)
         self.fast_gain = 1.0 + errors.get("fast_adc_gain", 0.0)
