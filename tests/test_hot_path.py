@@ -120,8 +120,8 @@ def test_the_lock_catches_firmware_allocation(mp):
     # The same harness fails when the engine allocates: the tests above can fail.
     r = mp(SETUP + """
 eng = E.Engine(hw, {"program": "steady", "setpoint_ua": 200, "duration_s": 600, "cue_s": 5})
-orig = eng.reg.dac_code
-eng.reg.dac_code = lambda: [orig()][0]
+orig = eng.sup.check_current
+eng.sup.check_current = lambda *a: [orig(*a)][0]
 eng.start(hw.ticks_ms())
 def hot():
     for i in range(100):
