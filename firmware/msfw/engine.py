@@ -300,6 +300,7 @@ class Engine:
         so the capacitor never adds more than half a period's I x t / C to the load
         reading. Its current is never above the soft start's first step (nor below the
         probe's 10 uA); then the soft start begins."""
+        self.sup.reset_contact()  # nothing measured before is judged with what follows
         target = self.level_target()
         want = -((target * (self.main_tl.s_mid >> 6)) << 1) // self.cb_c
         err = want - self.cb_uv
@@ -326,6 +327,7 @@ class Engine:
 
     def _main(self, now_ms):
         self._run(self.main_tl, self.main_timer)
+        self.sup.reset_contact()
         self.reg.set_target(0)
         self.burst_on = True
         self.burst_t0 = now_ms
