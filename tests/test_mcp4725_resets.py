@@ -6,10 +6,12 @@ given, and only a power cycle reloads its EEPROM (DS22039D §5.6). The model
 (vboard/device/_mcp4725.py) must behave so, or it hides the hazard; and safe.all_off()
 (boot.py first, main.py's finally) must write it to 0.
 
-Each run is headless on the S3 board with the real boot.py, main.py and safe, and a stub
+Each run is headless on the S3 board with the real boot.py and safe, and a stub
 msfw/app.py that stimulates (DAC code 2000, STIM_EN high) and then ends the way the test
-asks. On the next boot the stub reads the DAC register back over I2C before anything
-else touches it (the firmware's own MCP4725 driver writes 0 when created)."""
+asks: an exception or Ctrl-C inside the real main.py; a reset with a main.py that goes
+straight to the stub, which on the next boot reads the DAC register back over I2C before
+anything else touches it (the firmware's own MCP4725 driver writes 0 when created, and
+the real main.py creates it at power-on: a second line of defence, not boot.py's)."""
 
 import json
 
@@ -37,7 +39,7 @@ def _reg(b):
     return (buf[1] << 4) | (buf[2] >> 4), buf[0], i2c
 
 
-def run():
+def run(*_powered):  # main.py passes post.run()'s (board, hw, self_check)
     b = boardmod.load()
     code, status, i2c = _reg(b)
     try:
@@ -86,9 +88,15 @@ def run():
         raise KeyboardInterrupt  # what a host tool's Ctrl-C raises in running code
 """
 
-# boot.py and main.py with the safe state taken out: what the model alone does.
+# boot.py with the safe state taken out: what the model alone does.
 BOOT_WITHOUT_ALL_OFF = "import safe\nsafe.arm_watchdog()\n"
-MAIN_WITHOUT_FINALLY = "from msfw import app\napp.run()\n"
+# main.py straight into the app: after a reset the register is read back right after
+# boot.py (the real main.py's power-on step creates the firmware's DAC driver, which
+# writes 0: a second line of defence this test must not mistake for boot.py's).
+MAIN_APP_ONLY = "from msfw import app\napp.run()\n"
+# The real main.py without its finally: what an exception alone leaves.
+MAIN_WITHOUT_FINALLY = "from msfw import app, post\napp.run(*post.run())\n"
+RESETS = ("wdt", "hard", "soft", "nack", "power")
 
 
 def run_s3(tmp_path, mode, *, all_off=True, scenario=()):
@@ -102,6 +110,9 @@ def run_s3(tmp_path, mode, *, all_off=True, scenario=()):
     (staged / "msfw" / "app.py").write_text(APP.format(mode=mode, code=CODE))
     if not all_off:
         (staged / "boot.py").write_text(BOOT_WITHOUT_ALL_OFF)
+    if mode in RESETS:
+        (staged / "main.py").write_text(MAIN_APP_ONLY)
+    elif not all_off:
         (staged / "main.py").write_text(MAIN_WITHOUT_FINALLY)
     with vb:
         vb.supervisor.wait(120)
