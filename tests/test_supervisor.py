@@ -221,3 +221,51 @@ def test_baud_limit(env):
         t0 = time.monotonic()
         assert mpremote(sup.port, "resume", "exec", script) == b"ok\n"
         assert time.monotonic() - t0 >= len(script) / BYTES_PER_S
+
+
+# A runner that takes Ctrl-C as the real one does (_vworld.take_ctrl_c): from the FIFO, at
+# a point of its choosing. The unix port's own SIGINT would raise KeyboardInterrupt from a
+# signal handler anywhere in C code (inside the garbage collector it leaves the heap
+# locked; inside malloc it deadlocks); the supervisor sends one only if the FIFO's Ctrl-C
+# is not taken within a second.
+FIFO_RUNNER = """\
+import json, os, select, sys, time
+_cfg = json.load(open(os.getenv("MICROSTIM_VB_CONFIG")))
+kbd = open(_cfg["kbd_path"], "rb")
+p = select.poll()
+p.register(kbd, select.POLLIN)
+with open(_cfg["ctl_path"], "w") as f:
+    f.write("up\\n")
+print("main.py running")
+via = "signal"
+try:
+    while True:
+        if p.poll(0):
+            kbd.read(1)
+            via = "FIFO"
+            raise KeyboardInterrupt
+        time.sleep_ms(2)
+except KeyboardInterrupt:
+    print("taken from the " + via)
+"""
+
+
+def test_ctrl_c_reaches_a_running_script_through_the_fifo_and_input_waits_for_it(tmp_path, monkeypatch):
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "_vrunner.py").write_text(FIFO_RUNNER)
+    monkeypatch.setenv("MICROSTIM_VB_DEVICE_DIR", str(device))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with Supervisor(tmp_path / "run", {}) as sup:
+        wait_for_output(sup, b"main.py running")
+        with serial.Serial(sup.port, timeout=5) as port:
+            t0 = time.monotonic()
+            # mpremote's way in: Ctrl-C, then at once what the REPL is to read.
+            port.write(b"\r\x03print(6*7)\r")
+            wait_for_output(sup, b"42")
+            took_s = time.monotonic() - t0
+        out = sup.output
+    assert b"taken from the FIFO" in out
+    assert took_s < 0.5  # not the SIGINT fallback, which comes after 1 s
+    # The script never saw the REPL's input: it waited behind the Ctrl-C.
+    assert out.index(b"taken from the FIFO") < out.index(b"42")

@@ -80,6 +80,11 @@ _CTRL_C = 0x03
 # lands at a prompt would kill the interpreter. Only an execution that has shown no prompt
 # for this long gets one; a Ctrl-C is held meanwhile.
 _BUSY_BEFORE_SIGINT_S = 0.02
+# A Ctrl-C sent down the FIFO (see _write_child) that the child has not taken after this
+# long (a script stuck in C code, or REPL code that never calls the simulated hardware)
+# goes as SIGINT after all. Host input waits behind it meanwhile.
+_KBD_TAKE_S = {"script": 1.0, "repl": 0.1}
+_KBD_POLL_S = 0.002
 # The last line of the friendly banner, printed on entering the friendly REPL (at start
 # and after Ctrl-B in the raw REPL).
 _FRIENDLY_BANNER_END = b'Type "help()" for more information.\r\n'
@@ -305,6 +310,7 @@ class Supervisor:
         self.run_dir = Path(run_dir)
         self.config_path = self.run_dir / "config.json"
         self.ctl_path = self.run_dir / "ctl.fifo"
+        self.kbd_path = self.run_dir / "kbd.fifo"
         self.transport = transport
         self.port: str | None = None
         self._config = config
@@ -333,6 +339,9 @@ class Supervisor:
         self._ctl_r: int | None = None
         self._ctl_w: int | None = None  # kept open so the FIFO never reads as EOF
         self._ctl_buf = b""
+        self._kbd_r: int | None = None  # Ctrl-C FIFO to the child; read end: to see it taken
+        self._kbd_w: int | None = None
+        self._kbd_sent: tuple[float, float] | None = None  # (sent at, SIGINT after) s
         self._wake_r: int | None = None
         self._wake_w: int | None = None
         self._host_fd: int | None = None  # pty master or connected client socket's fd
@@ -368,12 +377,16 @@ class Supervisor:
         if self._thread is not None or self._stopping:
             raise RuntimeError("a Supervisor can be started once")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ctl_path.unlink(missing_ok=True)
-        os.mkfifo(self.ctl_path)
-        self.config_path.write_text(json.dumps({**self._config, "ctl_path": str(self.ctl_path)}))
+        for fifo in (self.ctl_path, self.kbd_path):
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo)
+        self.config_path.write_text(json.dumps(
+            {**self._config, "ctl_path": str(self.ctl_path), "kbd_path": str(self.kbd_path)}))
         try:
             self._ctl_r = os.open(self.ctl_path, os.O_RDONLY | os.O_NONBLOCK)
             self._ctl_w = os.open(self.ctl_path, os.O_WRONLY)
+            self._kbd_r = os.open(self.kbd_path, os.O_RDONLY | os.O_NONBLOCK)
+            self._kbd_w = os.open(self.kbd_path, os.O_WRONLY | os.O_NONBLOCK)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             self._open_host_port()
@@ -454,6 +467,7 @@ class Supervisor:
         # Cleared before the child exists, so its "up" cannot be lost.
         self._child_up = False
         self._repl_busy_since_s = None
+        self._drain_kbd()  # a Ctrl-C in flight at a reset is lost, as on a board
         self._repl_tail = b""
         master_fd, slave_fd = pty.openpty()
         try:
@@ -496,7 +510,8 @@ class Supervisor:
             self._proc.kill()
             self._proc.wait()
             self._proc = None
-        for name in ("_child_fd", "_ctl_r", "_ctl_w", "_wake_r", "_wake_w", "_host_slave_fd"):
+        for name in ("_child_fd", "_ctl_r", "_ctl_w", "_kbd_r", "_kbd_w", "_wake_r", "_wake_w",
+                     "_host_slave_fd"):
             fd = getattr(self, name)
             if fd is not None:
                 os.close(fd)
@@ -509,6 +524,7 @@ class Supervisor:
                 sock.close()
         self._client = self._listener = None
         self.ctl_path.unlink(missing_ok=True)
+        self.kbd_path.unlink(missing_ok=True)
         self._download.close()
 
     # -- the pump thread ------------------------------------------------------------------
@@ -530,7 +546,9 @@ class Supervisor:
         child_fd, host_fd = self._child_fd, self._host_fd
         if child_fd is not None:
             masks[child_fd] = select.POLLIN if len(self._to_host) < _PENDING_LIMIT_BYTES else 0
-            if self._to_child and self._phase is _Phase.RUNNING and self._child_up:
+            if self._kbd_sent is not None:
+                delays_s.append(_KBD_POLL_S)  # host input waits until the child takes it
+            elif self._to_child and self._phase is _Phase.RUNNING and self._child_up:
                 if self._to_child[0] == _CTRL_C and self._ctrl_c_action() == "hold":
                     delays_s.append(_BUSY_BEFORE_SIGINT_S)
                 elif self._rx_bucket.available() > 0:
@@ -710,6 +728,8 @@ class Supervisor:
             self._drop_client()
 
     def _write_child(self) -> None:
+        if self._kbd_sent is not None and not self._kbd_settled():
+            return
         # Hold host input while the supervisor itself drives the REPL into raw mode.
         if (not self._to_child or self._child_fd is None or self._phase is not _Phase.RUNNING
                 or not self._child_up):
@@ -721,8 +741,13 @@ class Supervisor:
             action = self._ctrl_c_action()
             if action == "hold":
                 return
-            if action == "signal":
-                self._proc.send_signal(signal.SIGINT)
+            if action in ("script", "repl"):
+                # Down the FIFO: the child raises KeyboardInterrupt at its next call into
+                # the simulated hardware. What the host sent after it waits until then, as
+                # on a board, where the interrupt comes before the next byte is read.
+                os.write(self._kbd_w, b"\x03")
+                now_s = time.monotonic()
+                self._kbd_sent = (now_s, now_s + _KBD_TAKE_S[action])
                 del self._to_child[0]
                 self._rx_bucket.consume(1)
                 return
@@ -745,23 +770,54 @@ class Supervisor:
         self._rx_bucket.consume(written)
 
     def _ctrl_c_action(self) -> str:
-        """How to deliver a Ctrl-C: "byte", "signal" or "hold" (decide again shortly).
+        """How to deliver a Ctrl-C: "byte", "script", "repl" or "hold" (decide again
+        shortly).
 
-        A board's UART turns Ctrl-C into KeyboardInterrupt whenever code runs. The unix
-        port keeps its terminal raw (no ISIG) for the whole REPL, so while the REPL
-        executes something the interrupt goes as SIGINT. At a prompt, or while a script
-        runs with ISIG on (the terminal then makes the SIGINT), the byte goes through.
+        A board's UART turns Ctrl-C into KeyboardInterrupt whenever code runs. While a
+        script (boot.py, main.py) runs, the child's terminal has ISIG on: the interrupt goes
+        down the FIFO ("script"). The unix port keeps its terminal raw (no ISIG) for the
+        whole REPL: at a prompt the byte goes through (readline takes it); while the REPL
+        executes something, the FIFO again ("repl"), once the execution has begun.
         """
-        if self._repl_busy_since_s is None or self._proc is None:
+        if self._proc is None:
             return "byte"
         try:
             if termios.tcgetattr(self._child_fd)[3] & termios.ISIG:
-                return "byte"
+                return "script"
         except termios.error:
+            return "byte"
+        if self._repl_busy_since_s is None:
             return "byte"
         if time.monotonic() - self._repl_busy_since_s < _BUSY_BEFORE_SIGINT_S:
             return "hold"
-        return "signal"
+        return "repl"
+
+    def _kbd_settled(self) -> bool:
+        """Whether the Ctrl-C in the FIFO is dealt with: taken by the child, or (not taken
+        in time) drained and sent as SIGINT."""
+        if self._kbd_pending() == 0:
+            self._kbd_sent = None
+            return True
+        if time.monotonic() < self._kbd_sent[1]:
+            return False
+        self._drain_kbd()
+        if self._proc is not None:
+            log.debug("Ctrl-C not taken from the FIFO; sending SIGINT")
+            self._proc.send_signal(signal.SIGINT)
+        return True
+
+    def _kbd_pending(self) -> int:
+        return int.from_bytes(fcntl.ioctl(self._kbd_r, termios.FIONREAD, b"\0" * 4), "little")
+
+    def _drain_kbd(self) -> None:
+        self._kbd_sent = None
+        if self._kbd_r is None:
+            return
+        try:
+            while os.read(self._kbd_r, 64):
+                pass
+        except BlockingIOError:
+            pass
 
     def _accept_client(self) -> None:
         try:

@@ -63,7 +63,10 @@ PHASE_SIZE = struct.calcsize(PHASE_FMT)
 
 
 def release():
-    """Lift any heap lock held by the firmware; returns what restore() needs."""
+    """Lift any heap lock held by the firmware; returns what restore() needs.
+
+    Every entry point the firmware can reach starts here, so this is also where a Ctrl-C
+    from the host lands (see take_ctrl_c)."""
     if micropython is None:
         return 0
     _heap_lock()
@@ -72,7 +75,46 @@ def release():
     while n:
         _heap_unlock()
         n -= 1
+    if _kbd_poll is not None:
+        take_ctrl_c(depth)
     return depth
+
+
+# A host's Ctrl-C. A board's UART schedules KeyboardInterrupt into the VM, which raises it
+# between bytecodes. The unix port raises it from its SIGINT handler, in the middle of
+# whatever C code runs: inside the garbage collector it leaves the heap locked for good,
+# inside malloc it deadlocks the interpreter. So while a script runs the supervisor sends
+# Ctrl-C down a FIFO instead, and the firmware takes it at its next call into the
+# simulated hardware (it calls the clock continuously), at most every KBD_CHECK_US of
+# wall time, with the world consistent and the heap as the firmware left it.
+KBD_CHECK_US = 1000
+_kbd_poll = None
+_kbd_file = None
+_kbd_due = 0
+
+
+def open_ctrl_c(path):
+    global _kbd_poll, _kbd_file
+    import select
+
+    _kbd_file = open(path, "rb")  # the supervisor holds the write end: this does not block
+    _kbd_poll = select.poll()
+    _kbd_poll.register(_kbd_file, select.POLLIN)
+
+
+def take_ctrl_c(depth):
+    """Raise KeyboardInterrupt if the host sent Ctrl-C; called with the heap unlocked,
+    re-locks it to `depth` before raising."""
+    global _kbd_due
+    now = _rt.ticks_us()
+    if _rt.ticks_diff(now, _kbd_due) < 0:
+        return
+    _kbd_due = _rt.ticks_add(now, KBD_CHECK_US)
+    if _kbd_poll.poll(0):
+        _kbd_file.read(1)
+        e = KeyboardInterrupt()
+        restore(depth)
+        raise e
 
 
 def restore(depth):
@@ -385,6 +427,8 @@ class World:
         ctl_path = cfg.get("ctl_path")
         if ctl_path:
             self.ctl = open(ctl_path, "w")
+        if cfg.get("kbd_path") and MICROPYTHON:
+            open_ctrl_c(cfg["kbd_path"])
         # Host files are opened now: once the flash is mounted at "/" they are out of reach.
         self.state_file = None
         sp = cfg.get("state_path")

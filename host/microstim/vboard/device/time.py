@@ -60,12 +60,13 @@ def sleep_us(us):
         wait = w.pace_wait_us()
     finally:
         restore(d)
-    # Paced runs wait here, in small steps of a bytecode loop: the VM checks for a
-    # pending KeyboardInterrupt on each pass, so Ctrl-C interrupts a sleep as on a board.
+    # Paced runs wait here, in small steps: a host's Ctrl-C (taken in release()) interrupts
+    # a sleep as on a board.
     while wait > 0:
-        step = wait if wait < 5000 else 5000
+        step = wait if wait < 2000 else 2000
         _real_sleep_us(step)
         wait -= step
+        restore(release())
 
 
 def sleep_ms(ms):
