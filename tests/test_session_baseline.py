@@ -1,7 +1,6 @@
 """Sessions on the virtual board, end to end, with the delivered current taken from the
 simulator's analog model."""
 
-import numpy as np
 import pytest
 from microstim.demo import run_demo
 from microstim.vboard import run_headless
