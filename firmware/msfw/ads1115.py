@@ -9,9 +9,9 @@ _REG_HI = const(3)
 
 # PGA full scale (V) by code, and data rate (SPS) by code.
 FSR_V = (6.144, 4.096, 2.048, 1.024, 0.512, 0.256, 0.256, 0.256)
-RATES_SPS = (8, 16, 32, 64, 128, 250, 475, 860)
+_RATES_SPS = const((8, 16, 32, 64, 128, 250, 475, 860))
 
-MUX_SINGLE = (4, 5, 6, 7)  # AIN0..AIN3 against GND
+_MUX_SINGLE = const((4, 5, 6, 7))  # AIN0..AIN3 against GND
 
 
 def pga_for(full_scale_v):
@@ -25,7 +25,7 @@ def pga_for(full_scale_v):
 
 def rate_code(sps):
     for code in range(8):
-        if RATES_SPS[code] >= sps:
+        if _RATES_SPS[code] >= sps:
             return code
     return 7
 
@@ -53,7 +53,7 @@ class ADS1115:
 
     def configure(self, channel, pga, rate, continuous):
         """Select AIN<channel> against GND; continuous mode starts converting at once."""
-        cfg = (MUX_SINGLE[channel] << 12) | (pga << 9) | (rate << 5) | 0x0003
+        cfg = (_MUX_SINGLE[channel] << 12) | (pga << 9) | (rate << 5) | 0x0003
         if continuous:
             # ALERT/RDY as conversion-ready: Hi_thresh MSB 1, Lo_thresh MSB 0 (9.3.8)
             self._write(_REG_HI, 0x8000)
@@ -70,7 +70,7 @@ class ADS1115:
 
     def start(self, channel, pga):
         """One single-shot conversion of AIN<channel> at 860 SPS (allocation-free)."""
-        cfg = 0x8000 | (MUX_SINGLE[channel] << 12) | (pga << 9) | 0x0100 | (7 << 5) | 0x0003
+        cfg = 0x8000 | (_MUX_SINGLE[channel] << 12) | (pga << 9) | 0x0100 | (7 << 5) | 0x0003
         self.config = cfg & 0x7FFF
         self._write(_REG_CONFIG, cfg)
 

@@ -7,11 +7,13 @@ import gc
 import json
 import os
 
+from micropython import const
+
 from msfw import VERSION, logstore, proto
 from msfw import engine as E
 from msfw.app import RUNNING, emit, rtc_s, trim, uid_hex
 
-LOG_CHUNK = 4096
+_LOG_CHUNK = const(4096)
 
 
 def defaults():
@@ -166,10 +168,10 @@ def op_log_read(app, req):
         raise proto.Error("busy", "the output is on: pull the log after the session")
     seg = proto._int(req, "seg", 0, 1 << 30)
     off = proto._int(req, "off", 0, 1 << 24)
-    n = proto._int(req, "n", 1, LOG_CHUNK)
+    n = proto._int(req, "n", 1, _LOG_CHUNK)
     buf = app.log_buf
     if buf is None or len(buf) < n:
-        buf = app.log_buf = bytearray(LOG_CHUNK)
+        buf = app.log_buf = bytearray(_LOG_CHUNK)
     try:
         got = log.read_into(seg, off, memoryview(buf)[:n])
     except OSError:

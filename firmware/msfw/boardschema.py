@@ -3,12 +3,14 @@
 # of every error. msfw.board imports it only while it validates a board and drops it again
 # (it is ~15 KB of heap on an ESP32 that nothing needs after boot); the host imports this
 # same file under CPython (microstim.boards), so both accept and refuse the same boards.
+from micropython import const
+
 from msfw.board import ABSOLUTE_MAX_UA
 
 # Per chip (ESP32 technical reference manuals and MicroPython's ports/esp32): GPIOs that
 # exist, input-only ones, pins the module's flash/PSRAM or native USB occupy, DAC pins,
 # ADC1 pins (ADC2 is unusable with WiFi on), and the MicroPython image offset.
-CHIP_NAMES = ("esp32", "esp32s2", "esp32s3", "esp32c3")
+_CHIP_NAMES = const(("esp32", "esp32s2", "esp32s3", "esp32c3"))
 CHIPS = {
     "esp32": {
         "gpios": tuple(range(0, 20)) + (21, 22, 23, 25, 26, 27) + tuple(range(32, 40)),
@@ -52,7 +54,7 @@ CHIPS = {
     },
 }
 
-DAC_KINDS = ("internal", "internal_dual", "mcp4725")
+_DAC_KINDS = const(("internal", "internal_dual", "mcp4725"))
 
 # The schema of board.json: (path, type, required, low, high, unit, meaning).
 # type: "str", "bool", "int", "num", "enum" (low = the choices), "sha256", "dict".
@@ -61,7 +63,7 @@ DAC_KINDS = ("internal", "internal_dual", "mcp4725")
 FIELDS = (
     ("name", "str", True, None, None, "", "board name; the folder name under boards/"),
     ("description", "str", False, None, None, "", "what the board is, for people"),
-    ("chip", "enum", True, CHIP_NAMES, None, "", "the ESP32 family member"),
+    ("chip", "enum", True, _CHIP_NAMES, None, "", "the ESP32 family member"),
     ("flash_offset", "int", True, 0, 0x10000, "bytes",
      "where the MicroPython image is written: 0x1000 (4096) for ESP32/S2, 0 for S3/C3"),
     ("usb_isolated", "bool", True, None, None, "",
@@ -75,7 +77,7 @@ FIELDS = (
     ("micropython.sha256", "sha256", False, None, None, "", "SHA-256 of the image, 64 hex digits"),
     ("frontend", "dict", True, None, None, "", "the analog front end"),
     ("frontend.dac", "dict", False, None, None, "", "the amplitude DAC"),
-    ("frontend.dac.kind", "enum", False, DAC_KINDS, None, "",
+    ("frontend.dac.kind", "enum", False, _DAC_KINDS, None, "",
      "internal (ESP32/S2 DAC pin DAC_AMP), internal_dual (DAC_AMP coarse + DAC_FINE scaled by "
      "fine_ratio: about 12 bits) or mcp4725 (external 12-bit I2C DAC)"),
     ("frontend.dac.fine_ratio", "num", False, 0.002, 0.5, "",
@@ -108,7 +110,7 @@ FIELDS = (
 
 # pins.csv: names the firmware needs, and which of all known names drive an output.
 REQUIRED_PINS = ("STIM_EN", "STIM_POL", "I2C_SDA", "I2C_SCL", "BUTTON")
-OUTPUT_PINS = ("STIM_EN", "STIM_POL", "DAC_AMP", "DAC_FINE", "I2C_SDA", "I2C_SCL", "LED", "BUZZER")
+_OUTPUT_PINS = const(("STIM_EN", "STIM_POL", "DAC_AMP", "DAC_FINE", "I2C_SDA", "I2C_SCL", "LED", "BUZZER"))
 PINS = (
     ("STIM_EN", "output", "current source enable (high = on; pull-down on the front end)"),
     ("STIM_POL", "output", "polarity (H-bridge / analog switch select)"),
@@ -267,7 +269,7 @@ def check_pins(chip, pins, dac_kind="internal"):
             continue
         if g in c["reserved"]:
             errors.append("pins.csv: %s = GPIO%d is taken by the module's %s" % (name, g, c["reserved"][g]))
-        if name in OUTPUT_PINS and g in c["input_only"]:
+        if name in _OUTPUT_PINS and g in c["input_only"]:
             errors.append("pins.csv: %s = GPIO%d is input-only on %s" % (name, g, chip))
         if g in used:
             errors.append("pins.csv: %s = GPIO%d is also %s" % (name, g, used[g]))

@@ -1,5 +1,7 @@
 # The calibration routines behind msfw.calib.self_check and msfw.calib.run (see calib.py
 # for what is calibrated against what). Slow path only; imported for one call and dropped.
+from micropython import const
+
 from msfw.ads1115 import FSR_V, pga_for
 from msfw.calib import (
     ADC_GAIN_TOLERANCE,
@@ -25,24 +27,24 @@ from msfw.sampler import PGA_SHUNT
 # Plausibility limits of a calibration run (the budget is in calib.py).
 # The fine channel's ratio R4 / RFINE: 1.00 kohm 1 % / 16.0 kohm 0.1 %, and the two DAC
 # channels' full scales against each other (2 x 3 %): 7.1 %.
-FINE_RATIO_TOLERANCE = 0.075
-REF_TOLERANCE = 0.025  # |V/I| vs R_ref: calib's ADC gain budget, 2.32 % ...
-SWITCH_OHM = 20.0  # ... plus 2 x 10 ohm of switch per R_ref (2 % at 1 kohm)
+_FINE_RATIO_TOLERANCE = const(0.075)
+_REF_TOLERANCE = const(0.025)  # |V/I| vs R_ref: calib's ADC gain budget, 2.32 % ...
+_SWITCH_OHM = const(20.0)  # ... plus 2 x 10 ohm of switch per R_ref (2 % at 1 kohm)
 # Straightness: at the middle point the fitted lines may miss by the ADS1115's INL and
 # noise only (the shunt line: two channels of one ADC reading one current), or by a DAC's
 # INL for the source line: two steps of an ESP32 8-bit DAC (2 x 2.3 uA); a 12-bit MCP47x
 # DAC's 13 LSB INL max (MCP4728 datasheet) is 1.9 uA.
-ADC_LINEARITY_UA = 0.25
-DAC_LINEARITY_UA = 5.0
+_ADC_LINEARITY_UA = const(0.25)
+_DAC_LINEARITY_UA = const(5.0)
 # A resistor's voltage is flat within a phase but for the DC-blocking capacitor's ramp,
 # I x t / CBLOCK relative to I x R_ref (CBLOCK 100 uF +-20 %, bom.csv: x 1.25; the
 # first window of a - phase starts up to half a ramp low: x 1.5 in all); skin and gel
 # are capacitive and keep rising (the default skin load: 37 % in 1.5 ms).
-RISE_CAP_FACTOR = 1.5
-RISE_NOISE = 0.005  # plus 0.5 % for the ADC's noise and quantisation
+_RISE_CAP_FACTOR = const(1.5)
+_RISE_NOISE = const(0.005)  # plus 0.5 % for the ADC's noise and quantisation
 
-SETTLE_US = 300  # after EN before a conversion starts
-GAP_US = 300
+_SETTLE_US = const(300)  # after EN before a conversion starts
+_GAP_US = const(300)
 CONV_WAIT_US = 1203  # one 860 SPS conversion plus wake-up
 
 
@@ -76,7 +78,7 @@ def _phases(hw, ch, pga, pairs, limit_raw=None):
     for k in range(2 * pairs):
         hw.pol.value(k & 1)  # only ever switched with EN low
         hw.en.value(1)
-        hw.sleep_us(SETTLE_US)
+        hw.sleep_us(_SETTLE_US)
         try:
             raw = _convert(hw, ch, pga)
         finally:
@@ -86,7 +88,7 @@ def _phases(hw, ch, pga, pairs, limit_raw=None):
                                    % (raw, limit_raw))
         total += raw
         _feed(hw)
-        hw.sleep_us(GAP_US)
+        hw.sleep_us(_GAP_US)
     return total / (2 * pairs)
 
 
@@ -97,7 +99,7 @@ def _rise(hw, ch, pga, pairs):
     for k in range(2 * pairs):
         hw.pol.value(k & 1)  # only ever switched with EN low
         hw.en.value(1)
-        hw.sleep_us(SETTLE_US)
+        hw.sleep_us(_SETTLE_US)
         try:
             t0 = hw.ticks_us()
             early += _convert(hw, ch, pga)
@@ -106,7 +108,7 @@ def _rise(hw, ch, pga, pairs):
         finally:
             hw.en.value(0)
         _feed(hw)
-        hw.sleep_us(GAP_US)
+        hw.sleep_us(_GAP_US)
     n = 2 * pairs
     return early / n, late / n, dt / n
 
@@ -226,7 +228,7 @@ def _run(hw, r_ref, pairs):
     if i_adc < 0.3 * lo_ua:
         raise CalibrationError("no current flows (%.1f uA at a nominal %.0f uA); %s" % (i_adc, lo_ua, fit))
     z = r_ref * i_true / i_adc
-    tol = REF_TOLERANCE + SWITCH_OHM / r_ref
+    tol = _REF_TOLERANCE + _SWITCH_OHM / r_ref
     if abs(z - r_ref) > tol * r_ref:
         raise CalibrationError("the load is %d ohm, not the %d ohm reference (the parts allow +-%.1f %%); %s"
                                % (z, r_ref, tol * 100, fit))
@@ -236,7 +238,7 @@ def _run(hw, r_ref, pairs):
     v1, v2, dt = _rise(hw, b.load_channel, pga_load, pairs // 2 or 1)
     hw.dac.write(0)
     rise = (v2 - v1) / (v1 - zero_load) if v1 > zero_load else 1.0
-    rise_max = RISE_CAP_FACTOR * dt * 1e-6 / (r_ref * b.dc_block_uf * 1e-6) + RISE_NOISE
+    rise_max = _RISE_CAP_FACTOR * dt * 1e-6 / (r_ref * b.dc_block_uf * 1e-6) + _RISE_NOISE
     if rise > rise_max:
         raise CalibrationError("the load is not a resistor: its voltage rose %.1f %% within %.1f ms (a "
                                "resistor's: at most %.1f %%), as skin or gel does; %s"
@@ -256,9 +258,9 @@ def _run(hw, r_ref, pairs):
         if ib - ia <= 0:
             raise CalibrationError("the coarse DAC does not move the current (%.2f -> %.2f uA)" % (ia, ib))
         ratio = (ic - ia) / (ib - ia) * steps / f
-        if abs(ratio * n - 1) > FINE_RATIO_TOLERANCE:
+        if abs(ratio * n - 1) > _FINE_RATIO_TOLERANCE:
             raise CalibrationError("the fine DAC's ratio is 1/%.2f, not 1/%d +-%.1f %%: check RFINE (16.0 kohm) "
-                                   "and R4 (1.00 kohm)" % (1 / ratio, n, FINE_RATIO_TOLERANCE * 100))
+                                   "and R4 (1.00 kohm)" % (1 / ratio, n, _FINE_RATIO_TOLERANCE * 100))
         fine_k = int(256 / (n * ratio) + 0.5)
         hw.dac.fine_k_q8 = fine_k
     # Two points on the whole code, then a third to see how straight the line is.
@@ -309,8 +311,8 @@ def _judge(res, dac_gain, fit):
         raise CalibrationError("offsets of %.2f uA (source) and %.2f uA (shunt reading) exceed %.1f / %.1f uA; "
                                "%s" % (res["dac_offset_ua"], res["adc_offset_ua"], DAC_OFFSET_MAX_UA,
                                        ADC_OFFSET_MAX_UA, fit))
-    dac_lin = DAC_LINEARITY_UA
-    if abs(res["adc_residual_ua"]) > ADC_LINEARITY_UA or abs(res["dac_residual_ua"]) > dac_lin:
+    dac_lin = _DAC_LINEARITY_UA
+    if abs(res["adc_residual_ua"]) > _ADC_LINEARITY_UA or abs(res["dac_residual_ua"]) > dac_lin:
         raise CalibrationError("the three points are not on a line (%.2f uA off for the shunt reading, %.2f uA "
                                "for the source; allowed %.2f / %.2f uA), the load changed while measuring; %s"
-                               % (res["adc_residual_ua"], res["dac_residual_ua"], ADC_LINEARITY_UA, dac_lin, fit))
+                               % (res["adc_residual_ua"], res["dac_residual_ua"], _ADC_LINEARITY_UA, dac_lin, fit))

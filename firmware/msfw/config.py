@@ -3,9 +3,11 @@
 # it sends one. A value outside its range is refused with an error that names the field,
 # the value and the limit; nothing is changed. The config can lower the board's ceilings,
 # never raise them (SAFETY.md 1): the setpoint's upper limit IS the board's ceiling.
+from micropython import const
+
 from msfw import programs
 
-MAX_DURATION_S = 1200  # 20 minutes: the auto-off no config can lengthen (SAFETY.md 8)
+_MAX_DURATION_S = const(1200)  # 20 minutes: the auto-off no config can lengthen (SAFETY.md 8)
 
 DEFAULTS = {
     "program": programs.DEFAULT,
@@ -18,7 +20,7 @@ DEFAULTS = {
 FIELDS = {
     "program": ("program", None, None, "", "named pulse program"),
     "setpoint_ua": ("number", 10, None, "uA", "current at the top intensity level"),
-    "duration_s": ("int", 10, MAX_DURATION_S, "s", "auto-off after this long"),
+    "duration_s": ("int", 10, _MAX_DURATION_S, "s", "auto-off after this long"),
     "cue_s": ("int", 2, 60, "s", "relocation beep interval"),
 }
 

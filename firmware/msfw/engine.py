@@ -50,20 +50,20 @@ END_BUTTON = const(0)
 END_AUTO_OFF = const(1)
 END_HOST = const(2)
 END_NAMES = ("button", "auto_off", "host")
-EVENT_SLOTS = const(32)
+_EVENT_SLOTS = const(32)
 
-MAX_DURATION_MS = const(1200000)  # 20 minutes, whatever the config says
-SOFT_START_MS = const(1500)  # at least 1 s (SAFETY.md 4)
-RAMP_MIN_PERIODS = const(3)  # slow programs ramp over at least this many whole periods
-PROBE_CU = const(320)  # 10 uA probe pulses while paused
-CONTACT_STABLE_MS = const(500)
-LEARN_MS = const(250)
+_MAX_DURATION_MS = const(1200000)  # 20 minutes, whatever the config says
+_SOFT_START_MS = const(1500)  # at least 1 s (SAFETY.md 4)
+_RAMP_MIN_PERIODS = const(3)  # slow programs ramp over at least this many whole periods
+_PROBE_CU = const(320)  # 10 uA probe pulses while paused
+_CONTACT_STABLE_MS = const(500)
+_LEARN_MS = const(250)
 LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 # Charge recovery of the DC-blocking capacitor before a (re)start: one software-switched
 # phase, skipped when shorter than REC_MIN_US, never longer than REC_MAX_US.
-REC_MIN_US = const(2000)
-REC_MAX_US = const(3000000)
-HALF_CONV_US = const(580)  # middle of an ADS1115 conversion window
+_REC_MIN_US = const(2000)
+_REC_MAX_US = const(3000000)
+_HALF_CONV_US = const(580)  # middle of an ADS1115 conversion window
 REC_PROG = {"software_timed": True, "sampling": "sync"}
 
 # A 5 Hz biphasic probe, 3.5 ms phases: two whole conversions (current, then load) fit
@@ -100,7 +100,7 @@ class Engine:
             sp = self.ceiling_ua
         self.setpoint_cu = int(sp * 32)
         dur = int(cfg["duration_s"] * 1000)
-        self.duration_ms = dur if dur < MAX_DURATION_MS else MAX_DURATION_MS
+        self.duration_ms = dur if dur < _MAX_DURATION_MS else _MAX_DURATION_MS
         self.cue_ms = int(cfg["cue_s"] * 1000)
         self.level = LEVELS
         self.reg = Regulator(board, self.ceiling_ua, self.cal)
@@ -118,15 +118,15 @@ class Engine:
         # The soft start steps once per macro period (a whole +/- pair or train at one level),
         # so a slow program (lift: 2 s periods) ramps over several periods, not in one jump.
         macro_ms = self.main_tl.macro_us // 1000
-        self.ramp_ms = SOFT_START_MS if SOFT_START_MS >= RAMP_MIN_PERIODS * macro_ms else RAMP_MIN_PERIODS * macro_ms
+        self.ramp_ms = _SOFT_START_MS if _SOFT_START_MS >= _RAMP_MIN_PERIODS * macro_ms else _RAMP_MIN_PERIODS * macro_ms
         self.macro_ms = macro_ms
         self.probe_tl, self.probe_timer = self._timing(programs.validate(PROBE))
         self.tl = None
         self.timer = None
         self.software = False
         self.state = S_IDLE
-        self._ev_kind = bytearray(EVENT_SLOTS)
-        self._ev_val = array("i", [0] * EVENT_SLOTS)
+        self._ev_kind = bytearray(_EVENT_SLOTS)
+        self._ev_val = array("i", [0] * _EVENT_SLOTS)
         self._ev_n = 0
         self.t0_ms = 0
         self.ramp_from = 0
@@ -216,12 +216,12 @@ class Engine:
         conversion the sampler has just completed (0 for dense trains: both polarities)."""
         if samp.dense:
             return 0
-        c = self._cap_uv(tl, samp.done_pos + HALF_CONV_US)
+        c = self._cap_uv(tl, samp.done_pos + _HALF_CONV_US)
         return c if samp.done_sign >= 0 else -c
 
     def _emit(self, kind, value=0):
         n = self._ev_n
-        if n < EVENT_SLOTS:
+        if n < _EVENT_SLOTS:
             self._ev_kind[n] = kind
             self._ev_val[n] = value
             self._ev_n = n + 1
@@ -305,13 +305,13 @@ class Engine:
         want = -((target * (self.main_tl.s_mid >> 6)) << 1) // self.cb_c
         err = want - self.cb_uv
         rec = target * self.macro_ms // self.ramp_ms
-        if rec < PROBE_CU:
-            rec = PROBE_CU
+        if rec < _PROBE_CU:
+            rec = _PROBE_CU
         us = abs(err) * self.cb_c * 32.0 / rec  # uV x uF / uA = us (off the hot path)
-        if us < REC_MIN_US:
+        if us < _REC_MIN_US:
             self._main(now_ms)
             return
-        us = int(us) if us < REC_MAX_US else REC_MAX_US
+        us = int(us) if us < _REC_MAX_US else _REC_MAX_US
         tl = Timeline(((0, us, 1 if err > 0 else -1),), us + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
         tl.prog = REC_PROG
         tl.seq = tl.intervals
@@ -457,7 +457,7 @@ class Engine:
             self._pause(now_ms)
             return
         # Learning in steady state; the soft start steps where the DAC is written below.
-        if st == S_STIM and self.new_period and hw.ticks_diff(now_ms, self.last_learn) >= LEARN_MS:
+        if st == S_STIM and self.new_period and hw.ticks_diff(now_ms, self.last_learn) >= _LEARN_MS:
             # Learn where a period begins, just before its DAC code is computed: every
             # sample gathered since the last step was taken with the code that step set.
             self.last_learn = now_ms
@@ -550,7 +550,7 @@ class Engine:
         self.good_since = 0
         self.compliance_limited = False
         self._run(self.probe_tl, self.probe_timer)
-        self.reg.set_target(PROBE_CU)
+        self.reg.set_target(_PROBE_CU)
 
     def _probe(self, now_us, now_ms):
         """Paused: 10 uA probe pulses until the contact has been good for a while."""
@@ -573,8 +573,8 @@ class Engine:
         good = True
         if ch == CH_SHUNT:
             # The probe current is checked like any other: a stuck DAC trips here too.
-            sup.check_current(samp.i_cu, 0, PROBE_CU)
-            good = samp.i_cu * 10 >= PROBE_CU * 7
+            sup.check_current(samp.i_cu, 0, _PROBE_CU)
+            good = samp.i_cu * 10 >= _PROBE_CU * 7
         elif ch == CH_LOAD:
             good = samp.v_mv < sup.compliance_mv
             if good and sup.i_cu:
@@ -589,11 +589,11 @@ class Engine:
         if self.good_since == 0:
             self.good_since = now_ms
             return
-        if hw.ticks_diff(now_ms, self.good_since) < CONTACT_STABLE_MS:
+        if hw.ticks_diff(now_ms, self.good_since) < _CONTACT_STABLE_MS:
             return
         # Stable contact: what current can this load take within compliance?
         if ch == CH_LOAD and samp.i_cu > 0:
-            max_cu = self.sup.compliance_mv * 8 // 10 * PROBE_CU // (samp.v_mv if samp.v_mv > 0 else 1)
+            max_cu = self.sup.compliance_mv * 8 // 10 * _PROBE_CU // (samp.v_mv if samp.v_mv > 0 else 1)
             self.compliance_limited = max_cu < self.setpoint_cu
             self.limit_cu = max_cu if self.compliance_limited else self.setpoint_cu
         elif ch != CH_LOAD:

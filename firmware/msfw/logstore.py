@@ -13,6 +13,8 @@
 # Imports under CPython too: the host decoder shares these constants and check_record().
 import binascii
 
+from micropython import const
+
 try:
     import time as _time
 
@@ -25,7 +27,7 @@ MAGIC = 0xA7
 HDR = 7  # magic, type, payload length, seq (u32 LE)
 TAIL = 4  # CRC32 (LE) of the header and the payload
 OVERHEAD = HDR + TAIL
-MAX_PAYLOAD = 255
+_MAX_PAYLOAD = const(255)
 
 # Record types.
 T_SEG = 1  # first record of every segment: log id, segment id, format, epoch
@@ -48,7 +50,7 @@ EV_REFUSED = 8  # value: reason (supervisor F_*)
 EV_CLOCK_SET = 9  # value: RTC before, value2: RTC after (device seconds)
 EV_LOG_RECOVERY = 10  # value: torn bytes dropped, value2: segment id
 EV_LOG_OVERFLOW = 11  # value: records dropped because the RAM queue was full
-EV_CONFIG_ERROR = 12
+_EV_CONFIG_ERROR = const(12)
 EVENT_NAMES = ("", "contact_lost", "contact_restored", "intensity", "fault", "fault_cleared",
                "usb_power", "calibration", "refused", "clock_set", "log_recovery",
                "log_overflow", "config_error")
@@ -68,7 +70,7 @@ SF_NO_SAMPLES = 0x08  # no current sample in that second: no current fields foll
 SF_TARGET = 0x10  # the commanded current changed: its delta follows
 SF_SAME_I = 0x20  # mean, min and max as in the second before: no current fields follow
 SF_SAME_Z = 0x40  # impedance as in the second before: no impedance field follows
-SUMMARY_MAX_S = 32  # seconds per summary block
+_SUMMARY_MAX_S = const(32)  # seconds per summary block
 _ENTRY_MAX = 1 + 5 + 5 + 5 + 5 + 5
 _BLOCK_HDR_MAX = 5 + 5 + 1
 
@@ -81,9 +83,9 @@ BUDGET_BYTES = 512 * 1024
 # its metadata pair and what mkdir adds to the root's) and the
 # block LittleFS copies an appended-to tail block into before it frees the old one.
 RESERVE_BLOCKS = 5
-QUEUE_BYTES = 8192  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
+_QUEUE_BYTES = const(8192)  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
 QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
-QUEUE_PER_S = 6  # bytes of queue a session second may need (summaries: ~3-5 measured)
+_QUEUE_PER_S = const(6)  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
 TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 port
 _TICKS_MASK = TICKS_PERIOD - 1
@@ -182,7 +184,7 @@ def _flash():
 
 class LogStore:
     def __init__(self, root="/log", budget_bytes=BUDGET_BYTES, seg_bytes=SEG_BYTES,
-                 queue_bytes=QUEUE_BYTES):
+                 queue_bytes=_QUEUE_BYTES):
         self.root = root
         self.budget_blocks = budget_bytes // FS_BLOCK
         self.seg_bytes = seg_bytes
@@ -191,7 +193,7 @@ class LogStore:
         self._qcap = queue_bytes
         self._qn = 0
         self._rec = 0
-        self._blk = bytearray(MAX_PAYLOAD)  # the open summary block's entries
+        self._blk = bytearray(_MAX_PAYLOAD)  # the open summary block's entries
         self._bn = 0
         self._bcount = 0
         self.seq = 0  # sequence number of the next record written to flash
@@ -391,7 +393,7 @@ class LogStore:
         self._sec_i += 1
         self._n = 0
         self._sum = 0
-        if self._bcount >= SUMMARY_MAX_S or j + _ENTRY_MAX > MAX_PAYLOAD - _BLOCK_HDR_MAX:
+        if self._bcount >= _SUMMARY_MAX_S or j + _ENTRY_MAX > _MAX_PAYLOAD - _BLOCK_HDR_MAX:
             self._seal()
 
     def _seal(self):
@@ -441,9 +443,9 @@ class LogStore:
         summaries, keeping what is queued. The heap may not have the whole block: it
         then takes what it can get (records beyond it are counted as dropped, and
         logged as an overflow). Returns the queue's capacity."""
-        want = QUEUE_IDLE + seconds * QUEUE_PER_S
-        if want > QUEUE_BYTES:
-            want = QUEUE_BYTES
+        want = QUEUE_IDLE + seconds * _QUEUE_PER_S
+        if want > _QUEUE_BYTES:
+            want = _QUEUE_BYTES
         while want > self._qcap:
             try:
                 self._resize(want)

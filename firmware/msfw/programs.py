@@ -4,17 +4,18 @@
 # Timing fields: freq_hz (pulse periods per second), phase_us (width of each phase),
 # gap_us (between the + and - phase of a pair, train_n == 1), train_n (N positive pulses
 # then N negative), train_on_ms / train_off_ms (bursts; 0 = continuous).
+from micropython import const
 
-FREQ_MIN_HZ = 0.3
-FREQ_MAX_HZ = 400.0
-PHASE_MIN_US = 100
-GAP_MIN_US = 100  # POL changes in gaps: twice the worst RMT start skew
-CONVERSION_US = 1163  # one ADS1115 conversion at 860 SPS
+_FREQ_MIN_HZ = const(0.3)
+_FREQ_MAX_HZ = const(400.0)
+_PHASE_MIN_US = const(100)
+_GAP_MIN_US = const(100)  # POL changes in gaps: twice the worst RMT start skew
+_CONVERSION_US = const(1163)  # one ADS1115 conversion at 860 SPS
 # A phase long enough to hold two whole conversions (load, then current: 2 x 1.2 ms),
 # with margin at both ends for the pattern's start uncertainty and the loop's latency.
-SYNC_PHASE_MIN_US = 3500
+_SYNC_PHASE_MIN_US = const(3500)
 # Otherwise every conversion window must be at least this much "on" (dense trains).
-DENSE_MIN_ON_FRACTION = 0.5
+_DENSE_MIN_ON_FRACTION = const(0.5)
 
 PROGRAMS = {
     # Slow "lift" train: long phases switched by the app (below 1 Hz, PWM and RMT cannot).
@@ -93,23 +94,23 @@ def validate(p):
     """Check a program; returns it with derived fields (mode, duty)."""
     if not isinstance(p, dict):
         raise ProgramError("program: expected an object")
-    f = _field(p, "freq_hz", FREQ_MIN_HZ, FREQ_MAX_HZ)
-    ph = _field(p, "phase_us", PHASE_MIN_US, 2000000)
+    f = _field(p, "freq_hz", _FREQ_MIN_HZ, _FREQ_MAX_HZ)
+    ph = _field(p, "phase_us", _PHASE_MIN_US, 2000000)
     n = int(_field(p, "train_n", 1, 20))
     gap = _field(p, "gap_us", 0, 1000000)
     _field(p, "train_on_ms", 0, 60000)
     _field(p, "train_off_ms", 0, 60000)
     period = 1000000.0 / f
     if n == 1:
-        if gap < GAP_MIN_US:
-            raise ProgramError("program.gap_us = %s: at least %d us between phases" % (gap, GAP_MIN_US))
-        if 2 * ph + gap + GAP_MIN_US > period:
+        if gap < _GAP_MIN_US:
+            raise ProgramError("program.gap_us = %s: at least %d us between phases" % (gap, _GAP_MIN_US))
+        if 2 * ph + gap + _GAP_MIN_US > period:
             raise ProgramError(
                 "program.phase_us = %s: two phases and the gap must leave %d us in a %d us period"
-                % (ph, GAP_MIN_US, period))
-    elif ph + GAP_MIN_US > period:
+                % (ph, _GAP_MIN_US, period))
+    elif ph + _GAP_MIN_US > period:
         raise ProgramError("program.phase_us = %s: must leave %d us off in a %d us period"
-                           % (ph, GAP_MIN_US, period))
+                           % (ph, _GAP_MIN_US, period))
     seq, macro = timeline(p)
     on = 0.0
     for _, w, _ in seq:
@@ -117,14 +118,14 @@ def validate(p):
     out = dict(p)
     out["duty"] = on / macro
     out["software_timed"] = f < 1.0
-    if ph >= SYNC_PHASE_MIN_US:
+    if ph >= _SYNC_PHASE_MIN_US:
         out["sampling"] = "sync"
-    elif min_on_fraction(seq, macro, CONVERSION_US) >= DENSE_MIN_ON_FRACTION:
+    elif min_on_fraction(seq, macro, _CONVERSION_US) >= _DENSE_MIN_ON_FRACTION:
         out["sampling"] = "dense"
     else:
         raise ProgramError(
             "program.phase_us = %s: phases under %d us need a train dense enough that every "
-            "%d us ADC window is at least half on" % (ph, SYNC_PHASE_MIN_US, CONVERSION_US))
+            "%d us ADC window is at least half on" % (ph, _SYNC_PHASE_MIN_US, _CONVERSION_US))
     return out
 
 

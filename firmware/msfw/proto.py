@@ -31,14 +31,16 @@ except ImportError:  # CPython, for host-side tests of the pure parts
 
 import binascii
 
-PROTO_VERSION = 1
+from micropython import const
+
+_PROTO_VERSION = const(1)
 # File operations live in msfw/protofs.py, imported on first use: a running session never
 # needs them (they are refused while the output is on), so they take no heap until a host
 # transfers files. The deploy agent is this module's source followed by protofs's.
-FS_OPS = ("fs_list", "fs_put", "fs_data", "fs_end", "fs_commit", "fs_abort", "fs_get", "fs_rm")
-MAX_LINE = 512  # bytes in one request line (the longest real one is ~200)
-LINE_TIMEOUT_MS = 1000  # a partial line older than this is dropped (host went away)
-BIN_TIMEOUT_MS = 2000  # bulk bytes must keep coming at least this often
+_FS_OPS = const(("fs_list", "fs_put", "fs_data", "fs_end", "fs_commit", "fs_abort", "fs_get", "fs_rm"))
+_MAX_LINE = const(512)  # bytes in one request line (the longest real one is ~200)
+_LINE_TIMEOUT_MS = const(1000)  # a partial line older than this is dropped (host went away)
+_BIN_TIMEOUT_MS = const(2000)  # bulk bytes must keep coming at least this often
 CHUNK = 1024  # largest bulk block either way
 NEW = ".new"  # uploads land in <path>.new until fs_commit renames them
 
@@ -73,7 +75,7 @@ class Link:
         self.out = getattr(sys.stdout, "buffer", sys.stdout)
         self.poller = select.poll()
         self.poller.register(sys.stdin, select.POLLIN)
-        self.line = bytearray(MAX_LINE)
+        self.line = bytearray(_MAX_LINE)
         self.n = 0
         self.too_long = False
         self.t_last = 0
@@ -84,7 +86,7 @@ class Link:
 
     def pump(self, now_ms, budget):
         """Read at most `budget` waiting bytes; return one complete line (bytes) or None."""
-        if self.n and ticks_diff(now_ms, self.t_last) > LINE_TIMEOUT_MS:
+        if self.n and ticks_diff(now_ms, self.t_last) > _LINE_TIMEOUT_MS:
             self.n = 0
             self.too_long = False
             self.dropped += 1
@@ -107,7 +109,7 @@ class Link:
                     self.n = 0
                     return line
                 continue
-            if self.n < MAX_LINE:
+            if self.n < _MAX_LINE:
                 self.line[self.n] = b
                 self.n += 1
             else:
@@ -120,7 +122,7 @@ class Link:
         got = 0
         read = self.inp.read
         while got < n:
-            if not self.poller.poll(BIN_TIMEOUT_MS):
+            if not self.poller.poll(_BIN_TIMEOUT_MS):
                 return None
             c = read(1)
             if not c:
@@ -201,7 +203,7 @@ class Server:
         self.pending = []  # uploaded files waiting for fs_commit
         self.done = False
         self.ops = {"hello": self.op_hello, "reset": self.op_reset, "bye": self.op_bye}
-        for name in FS_OPS:
+        for name in _FS_OPS:
             self.ops[name] = self._fs(name)
         if ops:
             self.ops.update(ops)
@@ -211,7 +213,7 @@ class Server:
         rid = None
         try:
             if line == b"\xff":
-                raise Error("too_long", "request longer than %d bytes" % MAX_LINE)
+                raise Error("too_long", "request longer than %d bytes" % _MAX_LINE)
             try:
                 req = json.loads(line)
             except ValueError:
@@ -258,7 +260,7 @@ class Server:
     # ---- generic operations ----------------------------------------------------------
     def op_hello(self, req):
         impl = sys.implementation
-        out = {"proto": PROTO_VERSION, "mpy": getattr(impl, "_mpy", 0),
+        out = {"proto": _PROTO_VERSION, "mpy": getattr(impl, "_mpy", 0),
                "micropython": ".".join(str(x) for x in impl.version[:3]),
                "machine": getattr(impl, "_machine", sys.platform), "chunk": CHUNK}
         out.update(self.info())
@@ -322,11 +324,11 @@ def serve(info=None):
     link = Link()
     server = Server(link, info or _agent_info)
     cleanup()
-    link.write_line({"ev": "agent", "proto": PROTO_VERSION})
+    link.write_line({"ev": "agent", "proto": _PROTO_VERSION})
     while not server.done:
         if not link.waiting(1000):
             continue
-        line = link.pump(ticks_ms(), MAX_LINE + 2)
+        line = link.pump(ticks_ms(), _MAX_LINE + 2)
         if line is not None:
             server.handle(line)
     after(server)

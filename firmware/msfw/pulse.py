@@ -8,10 +8,11 @@
 # Below 1 Hz (slow "lift" trains) the app switches EN/POL itself at millisecond accuracy:
 # LEDC PWM has no sub-1 Hz, and RMT items max out at 32767 ticks.
 import esp32
+from micropython import const
 
-RMT_HZ = 1000000  # 1 µs ticks
-ITEM_MAX = 32767
-MIN_OFF_US = 100  # shortest EN-off interval: twice the worst RMT start skew we allow
+_RMT_HZ = const(1000000)  # 1 µs ticks
+_ITEM_MAX = const(32767)
+_MIN_OFF_US = const(100)  # shortest EN-off interval: twice the worst RMT start skew we allow
 
 
 class ProgramError(ValueError):
@@ -26,13 +27,13 @@ def pulses(freq_hz, phase_us, gap_us, train_n):
     """
     period_us = 1000000.0 / freq_hz
     if train_n <= 1:
-        if 2 * phase_us + gap_us + MIN_OFF_US > period_us:
-            raise ProgramError("2 x phase_us + gap_us must leave %d us off in a period" % MIN_OFF_US)
-        if gap_us < MIN_OFF_US:
-            raise ProgramError("gap_us must be at least %d" % MIN_OFF_US)
+        if 2 * phase_us + gap_us + _MIN_OFF_US > period_us:
+            raise ProgramError("2 x phase_us + gap_us must leave %d us off in a period" % _MIN_OFF_US)
+        if gap_us < _MIN_OFF_US:
+            raise ProgramError("gap_us must be at least %d" % _MIN_OFF_US)
         return [(0.0, phase_us, 1), (phase_us + gap_us, phase_us, -1)], period_us
-    if phase_us + MIN_OFF_US > period_us:
-        raise ProgramError("phase_us must leave %d us off in a period" % MIN_OFF_US)
+    if phase_us + _MIN_OFF_US > period_us:
+        raise ProgramError("phase_us must leave %d us off in a period" % _MIN_OFF_US)
     seq = []
     for k in range(2 * train_n):
         seq.append((k * period_us, phase_us, 1 if k < train_n else -1))
@@ -42,7 +43,7 @@ def pulses(freq_hz, phase_us, gap_us, train_n):
 def _split(levels, durs, level, us):
     us = int(us + 0.5)
     while us > 0:
-        d = ITEM_MAX if us > ITEM_MAX else us
+        d = _ITEM_MAX if us > _ITEM_MAX else us
         levels.append(level)
         durs.append(d)
         us -= d
@@ -99,8 +100,8 @@ class HardwareTimer:
         if len(en_l) > 126 or len(pol_l) > 126:
             raise ProgramError("pattern too long for a looping RMT channel")
         self.stop()
-        self._pol = esp32.RMT(pin=self._pol_pin, resolution_hz=RMT_HZ, idle_level=False)
-        self._en = esp32.RMT(pin=self._en_pin, resolution_hz=RMT_HZ, idle_level=False)
+        self._pol = esp32.RMT(pin=self._pol_pin, resolution_hz=_RMT_HZ, idle_level=False)
+        self._en = esp32.RMT(pin=self._en_pin, resolution_hz=_RMT_HZ, idle_level=False)
         self._pol.loop_count(-1)
         self._en.loop_count(-1)
         # POL first, EN second: EN lags by the start skew, which the pattern tolerates.

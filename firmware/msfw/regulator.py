@@ -7,18 +7,18 @@
 # Units: current in cu = 1/32 uA (400 uA = 12800, 1 mA = 32000); DAC in Q8 codes.
 from micropython import const
 
-CU_PER_UA = const(32)
-ONE_Q14 = const(16384)
+_CU_PER_UA = const(32)
+_ONE_Q14 = const(16384)
 # Learned gain correction bounds: outside them the front end is not what the board
 # definition says, and the supervisor refuses to go on (fault "regulation").
-GAIN_MIN_Q14 = const(11469)  # 0.70
-GAIN_MAX_Q14 = const(23406)  # 1.43
-STEP_MAX_Q14 = const(328)  # at most 2 % per learning step
+_GAIN_MIN_Q14 = const(11469)  # 0.70
+_GAIN_MAX_Q14 = const(23406)  # 1.43
+_STEP_MAX_Q14 = const(328)  # at most 2 % per learning step
 # Until it has learned, an uncalibrated loop assumes the source gives 8 % more than
 # nominal: it approaches the target from below instead of overshooting by the board's
 # gain error. A calibrated one knows the line to a fraction of a percent.
-START_GAIN_Q14 = const(15073)  # 0.92
-START_GAIN_CAL_Q14 = const(16056)  # 0.98
+_START_GAIN_Q14 = const(15073)  # 0.92
+_START_GAIN_CAL_Q14 = const(16056)  # 0.98
 
 
 def fine_shift(ratio):
@@ -44,24 +44,24 @@ class Regulator:
         if cal:
             ua_per_code = cal["dac_ua_per_code"]
             offset_ua = cal["dac_offset_ua"]
-            start = START_GAIN_CAL_Q14
+            start = _START_GAIN_CAL_Q14
         else:
             ua_per_code = board.gain_ua_per_v * board.dac_vref_v / full
             offset_ua = 0.0
-            start = START_GAIN_Q14
+            start = _START_GAIN_Q14
         ceiling = board.ceiling_ua if ceiling_ua is None else ceiling_ua
         # Never command more than the ceiling (plus 5 % for the learned gain).
-        self.cmd_max_cu = int(ceiling * 1.05 * CU_PER_UA)
+        self.cmd_max_cu = int(ceiling * 1.05 * _CU_PER_UA)
         # Q8 DAC codes per cu, scaled by 2**ff_shift: dac_q8 = cmd_cu * ff >> ff_shift,
         # with the largest shift that keeps cmd_max x ff below 2**29.
-        per_cu = 256 / (CU_PER_UA * ua_per_code)
+        per_cu = 256 / (_CU_PER_UA * ua_per_code)
         sh = 16
         while sh > 0 and (self.cmd_max_cu + 64) * per_cu * (1 << sh) >= (1 << 29):
             sh -= 1
         self.ff_shift = sh
         self.ff = int(per_cu * (1 << sh) + 0.5)
         # current = ua_per_code x code + offset_ua, so code = (current - offset) / ua_per_code.
-        self.offset_cu = -int(offset_ua * CU_PER_UA + (0.5 if offset_ua >= 0 else -0.5))
+        self.offset_cu = -int(offset_ua * _CU_PER_UA + (0.5 if offset_ua >= 0 else -0.5))
         self.gain_q14 = start
         self.target_cu = 0
         self._sd = 0  # sigma-delta remainder (Q8)
@@ -126,12 +126,12 @@ class Regulator:
         err = tgt - meas
         step = ((self.gain_q14 >> 4) * err // tgt) << 4
         step = step >> 1  # half the estimated error: noise does not rattle the gain
-        if step > STEP_MAX_Q14:
-            step = STEP_MAX_Q14
-        elif step < -STEP_MAX_Q14:
-            step = -STEP_MAX_Q14
+        if step > _STEP_MAX_Q14:
+            step = _STEP_MAX_Q14
+        elif step < -_STEP_MAX_Q14:
+            step = -_STEP_MAX_Q14
         g = self.gain_q14 + step
-        if g < GAIN_MIN_Q14 or g > GAIN_MAX_Q14:
+        if g < _GAIN_MIN_Q14 or g > _GAIN_MAX_Q14:
             return False
         self.gain_q14 = g
         return True

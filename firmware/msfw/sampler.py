@@ -14,14 +14,14 @@ from micropython import const
 
 from msfw.ads1115 import FSR_V
 
-CONV_US = const(1163)  # 860 SPS
-WAKE_US = const(40)  # power-up from single-shot plus I2C latency
-MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
-SOFT_MARGIN_US = const(3000)
-POLL_US = const(400)  # collecting a result and starting the next (two I2C transfers, the loop)
-REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
+_CONV_US = const(1163)  # 860 SPS
+_WAKE_US = const(40)  # power-up from single-shot plus I2C latency
+_MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
+_SOFT_MARGIN_US = const(3000)
+_POLL_US = const(400)  # collecting a result and starting the next (two I2C transfers, the loop)
+_REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
 PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
-PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
+_PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
 
 CH_NONE = const(0)
 CH_SHUNT = const(1)
@@ -77,7 +77,7 @@ class Timeline:
 
     def in_rest(self, pos):
         """Between periods, with a guard for the pattern's start skew (tens of us)."""
-        return pos < self.first_on - REST_GUARD_US or pos >= self.last_off + REST_GUARD_US
+        return pos < self.first_on - _REST_GUARD_US or pos >= self.last_off + _REST_GUARD_US
 
     def to_edge(self, pos):
         """Microseconds from pos to the next on or off edge."""
@@ -131,7 +131,7 @@ class Timeline:
 
 
 class Sampler:
-    CONV_WAIT_US = CONV_US + WAKE_US
+    CONV_WAIT_US = _CONV_US + _WAKE_US
 
     def __init__(self, board, adc, ticks_us, ticks_diff):
         self.adc = adc
@@ -142,13 +142,13 @@ class Sampler:
         # raw code -> cu (1/32 uA) in Q8; raw code -> mV at the load in Q8
         lsb_shunt_v = FSR_V[PGA_SHUNT] / 32768
         self.shunt_q8 = int(lsb_shunt_v / board.shunt_ohm * 1e6 * 32 * 256 + 0.5)
-        lsb_load_v = FSR_V[PGA_LOAD] / 32768
+        lsb_load_v = FSR_V[_PGA_LOAD] / 32768
         self.load_q8 = int(lsb_load_v * board.load_divider * 1000 * 256 + 0.5)
         self.cal_gain_q14 = 16384
         self.cal_offset_cu = 0
         self.timeline = None
         self.dense = False
-        self.margin = MARGIN_US
+        self.margin = _MARGIN_US
         self.busy = CH_NONE
         self.next_ch = CH_SHUNT
         self.phase_start = -1
@@ -178,7 +178,7 @@ class Sampler:
         self.timeline = timeline
         self.dense = dense
         self.load_first = load_first and not dense
-        self.margin = SOFT_MARGIN_US if software_timed else MARGIN_US
+        self.margin = _SOFT_MARGIN_US if software_timed else _MARGIN_US
         self.busy = CH_NONE
         self.fresh = CH_NONE
 
@@ -196,7 +196,7 @@ class Sampler:
             return CH_NONE
         adc = self.adc
         if self.busy != CH_NONE:
-            late = self.diff(now, self.t_start) - (CONV_US + WAKE_US)
+            late = self.diff(now, self.t_start) - (_CONV_US + _WAKE_US)
             if late < 0:
                 return CH_NONE
             if adc.busy():
@@ -231,16 +231,16 @@ class Sampler:
         # are is read now: collecting the last result took two I2C transfers.
         if self.fresh != CH_NONE:
             now = self.ticks_us()
-        pos = tl.pos(now) + WAKE_US
+        pos = tl.pos(now) + _WAKE_US
         if pos >= tl.macro_us:
             pos -= tl.macro_us
         if self.dense:
-            f = tl.on_q10(pos, CONV_US)
+            f = tl.on_q10(pos, _CONV_US)
             if f < 512:
                 return self.fresh
             sign = 1
         else:
-            sign = tl.fits(pos, CONV_US, self.margin)
+            sign = tl.fits(pos, _CONV_US, self.margin)
             if sign == 0:
                 return self.fresh
             f = 1024
@@ -252,7 +252,7 @@ class Sampler:
             # there first; the current follows one conversion later.
             ch = CH_LOAD
             self.phase_i = False
-        elif self.load_first and self.phase_i and pos + 2 * CONV_US + WAKE_US + POLL_US + self.margin > tl.fit_end:
+        elif self.load_first and self.phase_i and pos + 2 * _CONV_US + _WAKE_US + _POLL_US + self.margin > tl.fit_end:
             # So does the last one that fits (once the current has been read): a short that
             # begins late in a phase is seen before the phase ends, not in the next one.
             ch = CH_LOAD
@@ -263,7 +263,7 @@ class Sampler:
             self.next_ch = CH_LOAD
             self.phase_i = True
         else:
-            adc.start(self.load_ch, PGA_LOAD)
+            adc.start(self.load_ch, _PGA_LOAD)
             self.next_ch = CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
@@ -275,6 +275,6 @@ class Sampler:
             p = tl.pos(t) + 25
             if p >= tl.macro_us:
                 p -= tl.macro_us
-            f = tl.on_q10(p, CONV_US)
+            f = tl.on_q10(p, _CONV_US)
         self.on_q10 = f
         return self.fresh

@@ -8,10 +8,10 @@ from micropython import const
 
 # Faults latch: the output stays off until a deliberate user action clears them.
 F_NONE = const(0)
-F_OVERCURRENT = const(1)  # above the setpoint margin or the ceiling (also a stuck DAC)
+_F_OVERCURRENT = const(1)  # above the setpoint margin or the ceiling (also a stuck DAC)
 F_SHORT = const(2)  # load impedance below any skin's
 F_ADC = const(3)  # the current cannot be measured
-F_CHARGE = const(4)  # the two polarities deliver different charge
+_F_CHARGE = const(4)  # the two polarities deliver different charge
 F_REGULATION = const(5)  # the front end does not respond as its board says
 F_USB = const(6)  # USB power on a board whose link is not isolated
 F_SELF_CHECK = const(7)  # the boot self-check found the ADC zero or the DAC zero out of tolerance
@@ -23,20 +23,20 @@ FAULT_NAMES = ("none", "overcurrent", "short_circuit", "adc", "charge_imbalance"
 C_NONE = const(0)
 C_LIFT = const(1)  # current collapsed: the circuit opened
 C_COMPLIANCE = const(2)  # the source ran out of voltage: lift-off or too high a load
-C_JUMP = const(3)  # the impedance rose suddenly: partial contact concentrates current
+_C_JUMP = const(3)  # the impedance rose suddenly: partial contact concentrates current
 
 CONTACT_NAMES = ("none", "lift_off", "compliance", "impedance_jump")
 
-Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
+_Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
 # The DC-blocking capacitor's voltage is known from its charge only as well as its
 # capacitance: a bipolar electrolytic is +-20 %; the band is 1/4 (25 %) of the estimate.
-CAP_TOL_SHIFT = const(2)
-MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
-MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
-ADC_STUCK_US = const(4000)
-JUMP_MIN_CU = const(640)  # 20 uA
-JUMP_NUM = const(8)  # impedance above 8/5 (1.6x) its reference is a jump
-JUMP_DEN = const(5)
+_CAP_TOL_SHIFT = const(2)
+_MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
+_MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
+_ADC_STUCK_US = const(4000)
+_JUMP_MIN_CU = const(640)  # 20 uA
+_JUMP_NUM = const(8)  # impedance above 8/5 (1.6x) its reference is a jump
+_JUMP_DEN = const(5)
 
 
 class Supervisor:
@@ -70,16 +70,16 @@ class Supervisor:
     def check_current(self, i_cu, sign, target_cu):
         """A fresh amplitude sample of the current."""
         self.i_cu = i_cu
-        limit = target_cu + (target_cu >> 3) + MARGIN_CU  # 112.5 % + 10 uA
+        limit = target_cu + (target_cu >> 3) + _MARGIN_CU  # 112.5 % + 10 uA
         # The command never exceeds the ceiling; the trip allows the measurement's own
         # tolerance above it (5 % + 10 uA), so a setpoint at the ceiling can run.
-        top = self.ceiling_cu + (self.ceiling_cu >> 5) + (self.ceiling_cu >> 6) + MARGIN_CU
+        top = self.ceiling_cu + (self.ceiling_cu >> 5) + (self.ceiling_cu >> 6) + _MARGIN_CU
         if limit > top:
             limit = top
         if i_cu > limit:
-            self.trip(F_OVERCURRENT, i_cu)
+            self.trip(_F_OVERCURRENT, i_cu)
             return
-        if target_cu >= MIN_CHECK_CU and i_cu < (target_cu >> 1):
+        if target_cu >= _MIN_CHECK_CU and i_cu < (target_cu >> 1):
             self.contact = C_LIFT
             return
         if sign > 0:
@@ -101,21 +101,21 @@ class Supervisor:
             self.contact = C_COMPLIANCE
             return
         i = self.i_cu
-        if i < MIN_CHECK_CU:
+        if i < _MIN_CHECK_CU:
             return
-        band = (cap_uv if cap_uv >= 0 else -cap_uv) >> CAP_TOL_SHIFT
-        if v_mv * 1000 < Z_SHORT_OHM * i // 32 + cap_uv - band:  # uV; all below 2**30
+        band = (cap_uv if cap_uv >= 0 else -cap_uv) >> _CAP_TOL_SHIFT
+        if v_mv * 1000 < _Z_SHORT_OHM * i // 32 + cap_uv - band:  # uV; all below 2**30
             self.trip(F_SHORT, v_mv)
             return
-        if i < JUMP_MIN_CU:
+        if i < _JUMP_MIN_CU:
             return  # a few uA give too coarse an impedance to judge a jump by
         z = (v_mv * 4000) // (i >> 3)  # ohm; every product stays below 2**30
         # Within a phase the impedance seen rises with the skin's capacitance, up to a
         # peak; the reference is that peak over earlier periods, so a single sample well
         # above it is already a jump: stop at once, not at the end of the period.
         ref = self.z_ref
-        if ref and z * JUMP_DEN > ref * JUMP_NUM:
-            self.contact = C_JUMP
+        if ref and z * _JUMP_DEN > ref * _JUMP_NUM:
+            self.contact = _C_JUMP
             return
         if z > self.z_peak:
             self.z_peak = z
@@ -127,8 +127,8 @@ class Supervisor:
         if z == 0:
             return
         ref = self.z_ref
-        if ref and z * JUMP_DEN > ref * JUMP_NUM:
-            self.contact = C_JUMP
+        if ref and z * _JUMP_DEN > ref * _JUMP_NUM:
+            self.contact = _C_JUMP
             return
         # The reference follows slow drift (gel drying), not jumps.
         self.z_ref = z if ref == 0 else ref + ((z - ref) >> 3)
@@ -144,7 +144,7 @@ class Supervisor:
             if (a - b if a > b else b - a) * 20 > hi:  # more than 5 % apart
                 self.imbalanced += 1
                 if self.imbalanced >= 3:
-                    self.trip(F_CHARGE, a - b)
+                    self.trip(_F_CHARGE, a - b)
             else:
                 self.imbalanced = 0
         self.pos_sum = self.neg_sum = self.pos_n = self.neg_n = 0

@@ -66,13 +66,17 @@ def compile_file(py: Path, rel: str) -> bytes:
     """mpy-cross output for one source file, from the cache when the source is unchanged."""
     version, _ = mpy_cross_version()
     src = py.read_bytes()
-    key = hashlib.sha256(version.encode() + b"\0" + rel.encode() + b"\0" + src).hexdigest()[:32]
+    key = hashlib.sha256(version.encode() + b"\0mpy-name\0" + rel.encode() + b"\0" + src).hexdigest()[:32]
     cached = _cache_dir() / f"{key}.mpy"
     if cached.is_file():
         return cached.read_bytes()
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    r = subprocess.run([mpy_cross(), "-o", str(tmp), "-s", rel, str(py)], capture_output=True, text=True)
+    # The source name in tracebacks is the file's path on the device (msfw/app.mpy): the
+    # same string as the module's __file__, so one qstr, not two, per module for ever.
+    source_name = rel[:-3] + ".mpy"
+    r = subprocess.run([mpy_cross(), "-o", str(tmp), "-s", source_name, str(py)],
+                       capture_output=True, text=True)
     if r.returncode != 0:
         raise MicrostimError(f"mpy-cross failed on {rel}:\n{r.stderr.strip()}")
     tmp.replace(cached)
