@@ -330,8 +330,7 @@ def test_the_schema_costs_the_firmware_no_heap_after_boot(tmp_path):
     keeps is a few KB (measured with .mpy files on the unix port, as deployed)."""
     mpy = tmp_path / "msfw"
     mpy.mkdir()
-    (mpy / "__init__.py").write_text("")
-    for name in ("board", "boardschema"):
+    for name in ("__init__", "board", "boardschema"):
         subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), "-s", f"msfw/{name}.py",
                         str(paths.firmware_dir() / "msfw" / f"{name}.py")], check=True)
     script = tmp_path / "mem.py"

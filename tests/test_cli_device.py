@@ -237,3 +237,33 @@ def test_commands_in_their_own_modules_are_listed_and_run():
     assert "--board" in ok(ms("flash", "--help"))
     r = ms("nosuch")
     assert r.returncode == 2 and "No such command" in r.stderr
+
+
+def test_a_config_set_while_stimulating_waits_in_ram_and_is_saved_when_the_output_is_off(board):
+    """A flash write stalls the CPU: none may happen while the output is on. A config set
+    during a session is kept in RAM (`pending`) and saved and applied when it ends."""
+    flash = board.run_dir / "flash.img"
+    with Device(board.port) as dev:
+        dev.connect()
+        dev.request("config_set", values={"setpoint_ua": 120, "duration_s": 10})
+        dev.request("start")
+        deadline = time.monotonic() + 10
+        while dev.request("status")["state"] != "stimulating":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = hashlib.sha256(flash.read_bytes()).hexdigest()
+        out = dev.request("config_set", values={"setpoint_ua": 80})
+        assert out["applied"] is False
+        got = dev.request("config_get")
+        assert got["config"]["setpoint_ua"] == 120 and got["pending"]["setpoint_ua"] == 80
+        time.sleep(0.5)
+        assert dev.request("status")["state"] in ("ramping", "stimulating")
+        assert hashlib.sha256(flash.read_bytes()).hexdigest() == before  # nothing written
+        # Auto-off after 10 s; the new config's engine then starts idle.
+        while dev.request("status")["state"] in ("ramping", "stimulating", "paused"):
+            assert time.monotonic() < deadline + 40
+            time.sleep(0.2)
+        got = dev.request("config_get")
+        assert got["config"]["setpoint_ua"] == 80 and got["pending"] is None
+    r = mpremote(board.port, "fs", "cat", ":config.json")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["setpoint_ua"] == 80

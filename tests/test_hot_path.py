@@ -138,27 +138,72 @@ except MemoryError:
     assert r.stdout.strip() == "ALLOCATED", r.stdout + r.stderr
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 3, not met yet: the whole firmware needs a little more than 96 KB on the 64-bit "
-    "unix port (objects are twice an ESP32's), at the margin where fragmentation decides; "
-    "benchmarks/hot_path.py prints the figure. Remove the mark when it is met."))
-def test_firmware_runs_in_a_96k_heap(tmp_path):
-    from microstim.vboard import run_headless
+# Reads the log segments off a virtual board's flash image (LittleFS, as the board wrote it).
+_DUMP_LOG = """
+import sys, os
+sys.path.insert(0, {dev!r})
+import _vworld
+f = open({img!r}, "r+b")
+f.seek(0, 2)
+n = f.tell() // 4096
+os.mount(os.VfsLfs2(_vworld.FileBlockDev(f, 4096, n)), "/fl")
+for name in sorted(os.listdir("/fl/log")):
+    with open("/fl/log/" + name, "rb") as src, open({out!r} + "/" + name, "wb") as dst:
+        dst.write(src.read())
+"""
 
-    scenario = [{"at_s": 1.0, "event": "press"}, {"at_s": 8.0, "event": "lift"},
-                {"at_s": 8.5, "event": "contact"}, {"at_s": 14.0, "event": "stop"}]
-    trace, console, _ = run_headless(tmp_path, scenario, fw_heap=96 * 1024,
-                                     device_config={"duration_s": 12})
-    assert "MemoryError" not in console
-    assert '"reason": "auto_off"' in console
-    boot = [line for line in console.splitlines() if '"ev": "boot"' in line][0]
+
+def _log_of(run_dir, tmp_path):
+    import subprocess
+
+    from microstim.logs import data
+    from microstim.vboard.supervisor import device_dir, find_micropython
+
+    out = tmp_path / "log"
+    out.mkdir()
+    code = _DUMP_LOG.format(dev=str(device_dir()), img=str(run_dir / "flash.img"), out=str(out))
+    r = subprocess.run([find_micropython(), "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return data.load({int(p.stem, 16): p.read_bytes() for p in out.glob("*.seg")})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("heap_kb", [
+    104,  # what it takes today: guards against a regression
+    pytest.param(96, marks=pytest.mark.xfail(strict=False, reason=(
+        "issue 3, not met: with a 96 KB budget on the 64-bit unix port the firmware boots "
+        "(about 9.5 KB free) but the heap is too cut up to hold a 20-minute session's log "
+        "queue and the engine's allocations at a pause; benchmarks/RESULTS.md has the "
+        "figures"))),
+])
+def test_firmware_runs_a_20_minute_session_in_a_small_heap(tmp_path, heap_kb):
+    """Issue 3: the whole firmware boots and runs a 20-minute session in a small heap
+    (the issue asks 96 KB), and its log takes the whole session (the RAM queue a session
+    needs is reserved before it starts)."""
     import json
 
-    # After boot the modules a session does not need are dropped (msfw.app LAZY); what
-    # is left must leave room for the session's log queue and the loop's garbage. On this
-    # 64-bit port objects are twice an ESP32's, so the margin is the port's, not a board's.
-    assert 6 * 1024 < json.loads(boot)["mem_free"] < 96 * 1024
-    end = [line for line in console.splitlines() if '"ev": "session_end"' in line][0]
-    assert json.loads(end)["mem_free"] > 2 * 1024  # collected, after the session
-    assert "log_error" not in console  # the log opened, and took the session
-    assert len(trace.phases) > 100
+    from microstim.vboard import run_headless
+
+    run = tmp_path / "run"
+    scenario = [{"at_s": 1.0, "event": "press"}, {"at_s": 8.0, "event": "lift"},
+                {"at_s": 8.5, "event": "contact"}, {"at_s": 1215.0, "event": "stop"}]
+    trace, console, _ = run_headless(run, scenario, fw_heap=heap_kb * 1024,
+                                     device_config={"duration_s": 1200})
+    assert "MemoryError" not in console
+    assert "log_error" not in console  # the log opened
+    boot = json.loads([ln for ln in console.splitlines() if '"ev": "boot"' in ln][0])
+    end = json.loads([ln for ln in console.splitlines() if '"ev": "session_end"' in ln][0])
+    assert end["reason"] == "auto_off"
+    assert end["t_ms"] > 1_190_000
+    # Reported by the firmware itself (gc.mem_free() after a collection); on this 64-bit
+    # port objects are twice an ESP32's.
+    assert 2 * 1024 < boot["mem_free"] < heap_kb * 1024
+    assert end["mem_free"] > 2 * 1024
+    assert len(trace.phases) > 20000  # 10 Hz, biphasic, for 20 minutes
+    log = _log_of(run, tmp_path)
+    assert len(log.sessions) == 1
+    s = log.sessions[0]
+    assert s["end_reason"] == "auto_off"
+    summaries = log.session_summaries(s["seq"])
+    assert len(summaries) >= 1195  # a summary for every second of the session
+    assert "log_overflow" not in set(log.events["kind"])  # nothing dropped for want of RAM

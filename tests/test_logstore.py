@@ -366,3 +366,41 @@ print("done")
     kinds = list(d.events["kind"])
     assert "contact_lost" in kinds and "contact_restored" in kinds
     assert (d.summaries["state"] == "paused").sum() >= 2
+
+
+def test_a_session_queue_is_chunks_filled_without_allocating_and_flushed_in_order(tmp_path):
+    """reserve() grows the RAM queue by 1 KB chunks (a boot-fragmented heap rarely has a
+    session's 7 KB in one piece); records fill them in order under heap_lock, a partial
+    flush stops mid-chunk and the rest follows, every record exactly once, in order."""
+    out = mp_run("""
+import micropython
+f, bd = make_flash("img")
+s = L.LogStore("/fl/log", queue_bytes=L.QUEUE_IDLE); s.open(0)
+s.flush()
+cap = s.reserve(600)
+def fill(n):
+    for k in range(n):
+        s.event(L.EV_INTENSITY, 1000 + k, 0, k, 0)
+micropython.heap_lock()
+try:
+    fill(250)
+finally:
+    micropython.heap_unlock()
+chunks = len(s._chunks)
+queued = s.pending()
+dropped = s.dropped
+w1 = s.flush(1500)
+left = s.pending()
+s.event(L.EV_INTENSITY, 5000, 0, 250, 0)  # written after the partial flush
+w2 = s.flush()
+s.release()
+print(cap, chunks, queued, dropped, w1, left, w2, s.pending(), len(s._chunks))
+dump(s, ".")
+""", tmp_path)
+    cap, chunks, queued, dropped, w1, left, w2, pend, after = map(int, out.split())
+    assert cap >= 512 + 600 * 6 and chunks >= 4  # the idle chunk plus 1 KB ones
+    assert dropped == 0 and queued > 3 * 1024
+    assert 0 < w1 <= 1500 and left == queued - w1 and pend == 0 and after == 1
+    d = D.load(segments_in(tmp_path))
+    values = list(d.events[d.events["kind"] == "intensity"]["value"])
+    assert values == list(range(251))  # all of them, once each, in order

@@ -10,3 +10,10 @@ def unload(name):
     g = globals()
     if name in g:
         del g[name]
+
+
+class Board:
+    """A board definition's values (msfw.board.load() fills them in after checking it)."""
+
+    def pin(self, name):
+        return self.pins.get(name)

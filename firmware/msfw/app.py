@@ -110,13 +110,21 @@ def _ops():
 
 
 def _late_imports():
+    """Imports the log and the protocol; returns the (unopened) log, made before the
+    protocol's code so its buffers find room in a heap not yet cut up (None: no heap)."""
     global logstore, proto
-    from msfw import logflash  # noqa: F401 - resident (see LAZY)
     from msfw import logstore as _ls
-    from msfw import proto as _pr
 
     logstore = _ls
+    try:
+        log = _ls.LogStore(queue_bytes=_ls.QUEUE_IDLE)
+    except MemoryError:
+        log = None
+    from msfw import logflash  # noqa: F401 - resident (see LAZY)
+    from msfw import proto as _pr
+
     proto = _pr
+    return log
 
 
 # Modules a running session never needs: imported when used, dropped when a session starts.
@@ -163,7 +171,7 @@ class App:
         self.pending_cfg = None  # a config set while a session runs, used once it ends
         self.eng = self.engine(self.cfg)
         trim()
-        _late_imports()
+        self.log = _late_imports()
         self.faults = []  # [name, value, uptime_ms], newest last
         self.tel_hz = 0
         self.tel_next = 0
@@ -171,13 +179,26 @@ class App:
         self.t_boot = hw.ticks_ms()
         self.link = None
         self.server = None
-        self.log = None
         self.log_buf = None
         self.mem_free_boot = 0
 
     def boot(self):
-        """Open (and if need be repair) the log and record the boot."""
-        _ops().boot(self)
+        """Open (and if need be repair) the log and record the boot. (Here, not in
+        msfw.appops: importing that at boot, the heap's tightest moment, costs more
+        than these lines.)"""
+        import machine
+
+        try:
+            if self.log is None:  # _late_imports() had no room for it then: again
+                self.log = logstore.LogStore(queue_bytes=logstore.QUEUE_IDLE)
+            self.log.open(rtc_s())
+            self.log.boot(rtc_s(), machine.reset_cause(), VERSION, self.board.name)
+            self.log.flush()
+        except (OSError, MemoryError) as e:  # no filesystem or no heap: it works, without a log
+            emit("log_error", errno=e.args[0] if isinstance(e, OSError) and e.args else 0,
+                 message=repr(e))
+            self.log = None
+        trim()
 
     def engine(self, cfg):
         try:
@@ -365,19 +386,39 @@ class App:
             if log.in_session:
                 log.sample(eng.measured_q4 >> 4)
                 log.tick(now, eng.state, eng.sup.z_ref, eng.level_target())
-        elif log._qn:
+        elif log.pending():
             try:
                 log.flush(512)
             except MemoryError:  # the records stay queued; the next pass tries again
                 gc.collect()
-        elif log._qcap > logstore.QUEUE_IDLE:
+        elif log.spare():
             log.release()
 
     def session_over(self):
+        """The output is off: a config set during the session is saved and applied now."""
         if self.pending_cfg is not None and self.eng.state not in RUNNING:
             self.cfg = self.pending_cfg
             self.pending_cfg = None
-            self.eng = self.engine(self.cfg)
+            try:
+                _ops().save_config(self.cfg)
+            except (OSError, MemoryError) as e:
+                emit("config_error", message="not saved: %r" % (e,))
+            self.rebuild(self.cfg)
+
+    def rebuild(self, cfg):
+        """A new engine for a new config (the output is off). The old one's memory goes
+        first: the heap may not hold two. If even then it does not fit, the config is
+        saved: a restart applies it, with the heap whole (no stimulation follows a reset
+        without a user action)."""
+        self.eng = None
+        gc.collect()
+        try:
+            self.eng = self.engine(cfg)
+        except MemoryError:
+            import machine
+
+            emit("restart", reason="no heap for the new config's engine")
+            machine.soft_reset()
 
     def run(self):
         hw = self.hw

@@ -11,7 +11,7 @@ from micropython import const
 
 from msfw import VERSION, logstore, proto
 from msfw import engine as E
-from msfw.app import RUNNING, emit, rtc_s, trim, uid_hex
+from msfw.app import RUNNING, rtc_s, uid_hex
 
 _LOG_CHUNK = const(4096)
 
@@ -30,23 +30,6 @@ def save_config(cfg):
     with open(tmp, "w") as f:
         f.write(json.dumps(cfg))
     os.rename(tmp, CONFIG_PATH)
-
-
-def boot(app):
-    """Open (and if need be repair) the log and record the boot."""
-    import machine
-
-    try:
-        app.log = logstore.LogStore(queue_bytes=logstore.QUEUE_IDLE)
-        app.log.open(rtc_s())
-        app.log.boot(rtc_s(), machine.reset_cause(), VERSION, app.board.name)
-    except (OSError, MemoryError) as e:  # no filesystem or no heap: it works, without a log
-        emit("log_error", errno=e.args[0] if isinstance(e, OSError) and e.args else 0,
-             message=repr(e))
-        app.log = None
-    if app.log is not None:
-        app.log.flush()
-    trim()  # the heap is tightest at boot: each step's code goes when it is done
 
 
 def checked(app, values):
@@ -74,13 +57,15 @@ def op_config_set(app, req):
                           {"field": "values"})
     base = dict(cfgmod.DEFAULTS) if req.get("replace") else dict(app.pending_cfg or app.cfg)
     base.update(checked(app, values))
-    save_config(base)
     applied = app.eng.state not in RUNNING
     if applied:
+        save_config(base)
         app.cfg = base
         app.pending_cfg = None
-        app.eng = app.engine(base)
+        app.rebuild(base)
     else:
+        # No flash write while the output is on (a write stalls the CPU): the config waits
+        # in RAM and is saved and applied when the session ends (App.session_over).
         app.pending_cfg = base
     return {"config": base, "applied": applied}
 
@@ -177,5 +162,5 @@ def op_log_read(app, req):
     except OSError:
         raise proto.Error("not_found", "segment %d is gone (rotated out)" % seg,
                           {"field": "seg", "value": seg})
-    data = bytes(buf[:got])
+    data = memoryview(buf)[:got]  # sent from the buffer: no 4 KB copies in a small heap
     return {"seg": seg, "off": off, "crc": proto.crc32(data), "_bin": data}

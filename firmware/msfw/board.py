@@ -15,57 +15,53 @@ class BoardError(Exception):
 def _validate(spec, pins):
     """(errors, warnings) from the schema, which is imported for this and then dropped."""
     import gc
-    import sys
 
+    import msfw
     from msfw import boardschema
 
     try:
         return boardschema.check(spec, pins)
     finally:
         del boardschema
-        sys.modules.pop("msfw.boardschema", None)
-        try:
-            import msfw
-
-            del msfw.boardschema
-        except Exception:  # noqa: BLE001 - not every port lets a module attribute go
-            pass
+        msfw.unload("boardschema")
         gc.collect()
 
 
-class Board:
-    def __init__(self, spec, pins):
-        errors, self.warnings = _validate(spec, pins)
-        if errors:
-            raise BoardError(errors[0] if len(errors) == 1 else "; ".join(errors))
-        self.name = spec["name"]
-        self.chip = spec["chip"]
-        self.flash_offset = spec["flash_offset"]
-        self.usb_isolated = spec["usb_isolated"] is True
-        fe = spec["frontend"]
-        self.hw_limit_ua = float(fe["hw_current_limit_ua"])
-        self.ceiling_ua = float(fe["ceiling_ua"])
-        self.gain_ua_per_v = float(fe["source_gain_ua_per_v"])
-        self.dac_vref_v = float(fe["dac_vref_v"])
-        self.dac_bits = fe["dac_bits"]
-        self.compliance_v = float(fe["compliance_v"])
-        self.shunt_ohm = float(fe["shunt_ohm"])
-        self.load_divider = float(fe["load_divider"])
-        self.fast_load_divider = float(fe.get("fast_load_divider", 0.0))
-        self.dc_block_uf = float(fe["dc_block_uf"])
-        dac = fe.get("dac") or {}
-        self.dac_kind = dac.get("kind", "internal")
-        self.dac_address = dac.get("address", 0x60)
-        self.dac_fine_ratio = float(dac.get("fine_ratio", 0.0))
-        adc = fe["adc"]
-        self.adc_bus = adc.get("i2c", 0)
-        self.adc_address = adc.get("address", 0x48)
-        self.shunt_channel = adc.get("shunt_channel", 0)
-        self.load_channel = adc.get("load_channel", 1)
-        self.pins = pins
+def Board(spec, pins):  # noqa: N802 - builds the board, as a class would
+    """The checked board (msfw.Board, whose class holds no code of this module: post.py
+    drops this module after boot)."""
+    import msfw
 
-    def pin(self, name):
-        return self.pins.get(name)
+    b = msfw.Board()
+    errors, b.warnings = _validate(spec, pins)
+    if errors:
+        raise BoardError(errors[0] if len(errors) == 1 else "; ".join(errors))
+    b.name = spec["name"]
+    b.chip = spec["chip"]
+    b.flash_offset = spec["flash_offset"]
+    b.usb_isolated = spec["usb_isolated"] is True
+    fe = spec["frontend"]
+    b.hw_limit_ua = float(fe["hw_current_limit_ua"])
+    b.ceiling_ua = float(fe["ceiling_ua"])
+    b.gain_ua_per_v = float(fe["source_gain_ua_per_v"])
+    b.dac_vref_v = float(fe["dac_vref_v"])
+    b.dac_bits = fe["dac_bits"]
+    b.compliance_v = float(fe["compliance_v"])
+    b.shunt_ohm = float(fe["shunt_ohm"])
+    b.load_divider = float(fe["load_divider"])
+    b.fast_load_divider = float(fe.get("fast_load_divider", 0.0))
+    b.dc_block_uf = float(fe["dc_block_uf"])
+    dac = fe.get("dac") or {}
+    b.dac_kind = dac.get("kind", "internal")
+    b.dac_address = dac.get("address", 0x60)
+    b.dac_fine_ratio = float(dac.get("fine_ratio", 0.0))
+    adc = fe["adc"]
+    b.adc_bus = adc.get("i2c", 0)
+    b.adc_address = adc.get("address", 0x48)
+    b.shunt_channel = adc.get("shunt_channel", 0)
+    b.load_channel = adc.get("load_channel", 1)
+    b.pins = pins
+    return b
 
 
 def parse_pins(text):

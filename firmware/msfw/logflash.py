@@ -197,33 +197,43 @@ def flush(st, max_bytes=-1):
     commit), until the queue is empty or the next record would pass max_bytes
     (-1: no limit). Returns the bytes written. A flash error stops it; the records
     stay queued and write_error holds the errno."""
-    q = st._q
-    mv = st._qmv
-    n = st._qn
-    pos = 0
+    st._fill[st._ci] = st._qn
+    chunks = st._chunks
+    fill = st._fill
     wrote = 0
+    done = 0  # chunks written out whole
+    pos = 0  # bytes of chunk `done` written
     f = None
+    full = False  # max_bytes reached
     try:
-        while pos < n:
-            ln = OVERHEAD + q[pos + 2]
-            if 0 <= max_bytes < wrote + ln:
-                break
-            if not st._ids or st._sizes[-1] + ln > st.seg_bytes:
-                if f is not None:
-                    f.close()
-                    f = None
-                _rotate(st)
-            seq = st.seq
-            _put_u32(q, pos + 3, seq)
-            _put_u32(q, pos + ln - TAIL, binascii.crc32(mv[pos:pos + ln - TAIL]) & 0xFFFFFFFF)
-            if f is None:
-                f = open(st._path(st._ids[-1]), "ab")
-            f.write(mv[pos:pos + ln])
-            f.flush()  # LittleFS commits the file here: the record is durable
-            st.seq = seq + 1
-            st._sizes[-1] += ln
-            pos += ln
-            wrote += ln
+        while done <= st._ci and not full:
+            q = chunks[done]
+            n = fill[done]
+            mv = memoryview(q)
+            while pos < n:
+                ln = OVERHEAD + q[pos + 2]
+                if 0 <= max_bytes < wrote + ln:
+                    full = True
+                    break
+                if not st._ids or st._sizes[-1] + ln > st.seg_bytes:
+                    if f is not None:
+                        f.close()
+                        f = None
+                    _rotate(st)
+                seq = st.seq
+                _put_u32(q, pos + 3, seq)
+                _put_u32(q, pos + ln - TAIL, binascii.crc32(mv[pos:pos + ln - TAIL]) & 0xFFFFFFFF)
+                if f is None:
+                    f = open(st._path(st._ids[-1]), "ab")
+                f.write(mv[pos:pos + ln])
+                f.flush()  # LittleFS commits the file here: the record is durable
+                st.seq = seq + 1
+                st._sizes[-1] += ln
+                pos += ln
+                wrote += ln
+            if not full:
+                done += 1
+                pos = 0
         st.write_error = 0
     except OSError as e:
         st.write_error = e.args[0] if e.args else -1
@@ -233,22 +243,46 @@ def flush(st, max_bytes=-1):
                 f.close()
             except OSError:
                 pass
-        if pos:
-            # Move what is left to the front without a temporary copy (the heap is small
-            # and the queue can hold kilobytes): slices no longer than the shift never overlap.
-            k = 0
-            while k < n - pos:
-                c = n - pos - k
-                if c > pos:
-                    c = pos
-                mv[k:k + c] = mv[k + pos:k + pos + c]
-                k += c
-            st._qn = n - pos
+        _compact(st, done, pos)
     if st.dropped and st._qn + OVERHEAD + 20 <= st._qcap and not st.write_error:
         d = st.dropped
         st.dropped = 0
         st.event(EV_LOG_OVERFLOW, st._rtc, 0, d, 0)
     return wrote
+
+
+def _compact(st, done, pos):
+    """After a flush: the chunks written out whole go to the back, empty; the partly
+    written one moves its rest to its front (in place: the heap may have no room)."""
+    chunks = st._chunks
+    fill = st._fill
+    if done > st._ci:  # everything went
+        for k in range(st._ci + 1):
+            fill[k] = 0
+        st._ci = 0
+    else:
+        if pos:
+            q = chunks[done]
+            mv = memoryview(q)
+            n = fill[done]
+            k = 0
+            while k < n - pos:  # slices no longer than the shift never overlap
+                c = n - pos - k
+                if c > pos:
+                    c = pos
+                mv[k:k + c] = mv[k + pos:k + pos + c]
+                k += c
+            fill[done] = n - pos
+        if done:
+            for k in range(done):
+                fill[k] = 0
+            st._chunks = chunks[done:] + chunks[:done]
+            st._fill = fill[done:] + fill[:done]
+            st._ci -= done
+    st._q = st._chunks[st._ci]
+    st._qcap = len(st._q)
+    st._qn = st._fill[st._ci]
+
 
 # ---- reading, for a pull -------------------------------------------------------
 

@@ -85,6 +85,9 @@ BUDGET_BYTES = 512 * 1024
 RESERVE_BLOCKS = 5
 _QUEUE_BYTES = const(8192)  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
 QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
+_CHUNK = const(512)  # what a session adds to the queue, a chunk at a time
+_KEEP_FREE = const(6144)  # heap reserve() leaves for the session's own allocations
+_CHUNK_SLACK = const(64)  # unused tail a chunk is left with, on average (half a summary record)
 _QUEUE_PER_S = const(6)  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
 TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32 port
@@ -182,14 +185,30 @@ def _flash():
     return logflash
 
 
+def _mem_free():
+    try:
+        import gc
+
+        return gc.mem_free()
+    except (ImportError, AttributeError):  # CPython (host tests of the pure parts)
+        return 1 << 30
+
+
 class LogStore:
     def __init__(self, root="/log", budget_bytes=BUDGET_BYTES, seg_bytes=SEG_BYTES,
                  queue_bytes=_QUEUE_BYTES):
         self.root = root
         self.budget_blocks = budget_bytes // FS_BLOCK
         self.seg_bytes = seg_bytes
+        # The RAM queue: chunks of records, filled in order (a record never spans two).
+        # _q is the chunk being written, _qn its fill, _qcap its size; _fill[k] is the
+        # fill of each chunk before _ci (the current one). A session's queue is several
+        # kilobytes: as chunks it needs no contiguous block of that size in a heap that
+        # boot has cut up.
         self._q = bytearray(queue_bytes)
-        self._qmv = memoryview(self._q)
+        self._chunks = [self._q]
+        self._fill = [0]
+        self._ci = 0
         self._qcap = queue_bytes
         self._qn = 0
         self._rec = 0
@@ -268,8 +287,15 @@ class LogStore:
     def _begin(self, rtype, maxlen):
         i = self._qn
         if i + OVERHEAD + maxlen > self._qcap:
-            self.dropped += 1
-            return -1
+            ci = self._ci + 1
+            if ci >= len(self._chunks) or OVERHEAD + maxlen > len(self._chunks[ci]):
+                self.dropped += 1
+                return -1
+            self._fill[self._ci] = i  # on to the next (empty) chunk
+            self._ci = ci
+            self._q = self._chunks[ci]
+            self._qcap = len(self._q)
+            i = 0
         q = self._q
         q[i] = MAGIC
         q[i + 1] = rtype
@@ -440,32 +466,51 @@ class LogStore:
     # ---- flushing (slow path: only while the output is off) --------------------------
     def reserve(self, seconds):
         """Before a session (slow path): grow the RAM queue to hold `seconds` of
-        summaries, keeping what is queued. The heap may not have the whole block: it
-        then takes what it can get (records beyond it are counted as dropped, and
-        logged as an overflow). Returns the queue's capacity."""
+        summaries, in chunks of _CHUNK bytes. The heap may not have room for all: it
+        then takes what it gets (records beyond it are counted as dropped, and logged as
+        an overflow). Returns the queue's capacity in bytes."""
         want = QUEUE_IDLE + seconds * _QUEUE_PER_S
         if want > _QUEUE_BYTES:
             want = _QUEUE_BYTES
-        while want > self._qcap:
-            try:
-                self._resize(want)
+        # A record never spans chunks: allow for the tail each chunk may leave unused.
+        want += (want // _CHUNK + 1) * _CHUNK_SLACK
+        have = self.capacity()
+        while have < want:
+            # Never the heap's last kilobytes: starting the output allocates too.
+            if _mem_free() < _CHUNK + _KEEP_FREE:
                 break
+            try:
+                c = bytearray(_CHUNK)
             except MemoryError:
-                want -= 1024
-        return self._qcap
+                break
+            self._chunks.append(c)
+            self._fill.append(0)
+            have += _CHUNK
+        return have
 
     def release(self):
-        """After a session, once its records are on flash: back to the idle size."""
-        if self._qcap > QUEUE_IDLE and self._qn <= QUEUE_IDLE and not self.in_session:
-            self._resize(QUEUE_IDLE)
+        """After a session, once its records are on flash: back to the first chunk."""
+        if len(self._chunks) > 1 and not self.in_session and self.pending() == 0:
+            del self._chunks[1:]
+            del self._fill[1:]
+            self._ci = 0
+            self._q = self._chunks[0]
+            self._qcap = len(self._q)
+            self._qn = 0
 
-    def _resize(self, n):
-        q = bytearray(n)
-        q[0:self._qn] = self._qmv[0:self._qn]
-        self._q = q
-        self._qmv = memoryview(q)
-        self._qcap = n
+    def spare(self):
+        """Whether the queue holds more than its idle chunk (release() can give it back)."""
+        return len(self._chunks) > 1
+
+    def capacity(self):
+        n = 0
+        for c in self._chunks:
+            n += len(c)
+        return n
 
     def pending(self):
         """Bytes queued in RAM, not yet on flash."""
-        return self._qn
+        n = self._qn
+        for k in range(self._ci):
+            n += self._fill[k]
+        return n

@@ -23,6 +23,7 @@ def run():
 
         print(json.dumps({"ev": "board_error", "message": str(e)}))
         return None
+    msfw.unload("board")  # the board is values now (msfw.Board): its loader can go
     from msfw.hw import Hardware
 
     hw = Hardware(board, watchdog_ms=WATCHDOG_MS)
