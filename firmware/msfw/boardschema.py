@@ -96,7 +96,7 @@ FIELDS = (
     ("frontend.compliance_v", "num", True, 1.0, 100.0, "V", "source compliance (supply) voltage"),
     ("frontend.shunt_ohm", "num", True, 1.0, 1e6, "ohm", "current-sense shunt"),
     ("frontend.load_divider", "num", True, 1.0, 1000.0, "",
-     "division ratio of the load-voltage monitor into the ADS1115"),
+     "division ratio of each electrode's sense divider into the ADS1115 (RSA1/RSA2 = RSB1/RSB2)"),
     ("frontend.fast_load_divider", "num", False, 1.0, 1000.0, "",
      "division ratio of the load-voltage monitor into the ESP32 ADC (VLOAD_FAST)"),
     ("frontend.dc_block_uf", "num", True, 0.1, 10000.0, "uF", "DC-blocking capacitor in series"),
@@ -104,8 +104,12 @@ FIELDS = (
     ("frontend.adc.kind", "enum", True, ("ads1115",), None, "", "only ads1115"),
     ("frontend.adc.i2c", "int", False, 0, 1, "", "I2C peripheral id"),
     ("frontend.adc.address", "int", False, 0x48, 0x4B, "", "ADS1115 I2C address (72..75)"),
-    ("frontend.adc.shunt_channel", "int", False, 0, 3, "", "ADS1115 input with the shunt voltage"),
-    ("frontend.adc.load_channel", "int", False, 0, 3, "", "ADS1115 input with the load voltage"),
+    ("frontend.adc.shunt_channel", "int", False, 0, 2, "", "ADS1115 input with the shunt voltage"),
+    ("frontend.adc.load_sense", "enum", True, ("differential",), None, "",
+     "how the load voltage is read: differential = electrode A's sense minus electrode B's, "
+     "after the DC-blocking capacitor (AIN<load_channel> - AIN3; boards/frontend/README.md)"),
+    ("frontend.adc.load_channel", "int", True, 0, 2, "",
+     "ADS1115 input with electrode A's sense; electrode B's is AIN3 (the ADS1115 pairs AIN3)"),
 )
 
 # pins.csv: names the firmware needs, and which of all known names drive an output.
@@ -242,8 +246,8 @@ def check(spec, pins):
         errors.append("frontend.dac.bits = %d differs from frontend.dac_bits = %d"
                       % (dac["bits"], fe["dac_bits"]))
     adc = fe["adc"]
-    if adc.get("shunt_channel", 0) == adc.get("load_channel", 1):
-        errors.append("frontend.adc.load_channel = %d is the shunt channel too" % adc.get("load_channel", 1))
+    if adc.get("shunt_channel", 0) == adc["load_channel"]:
+        errors.append("frontend.adc.load_channel = %d is the shunt channel too" % adc["load_channel"])
     if dac_kind == "mcp4725" and dac.get("address", 0x60) == adc.get("address", 0x48):
         errors.append("frontend.dac.address = %d collides with frontend.adc.address" % dac.get("address", 0x60))
     errors.extend(check_pins(chip, pins, dac_kind))

@@ -2,14 +2,16 @@
 # and of its measurement against a reference resistor across the probes (issue 6).
 #
 # What is calibrated, and against what:
-#   reference  the load-voltage channel (ADS1115 through the front end's divider) across a
-#              resistor of known value: current = (V - V_zero) x divider / R_ref. Both
-#              polarities are averaged, so the DC-blocking capacitor's ramp cancels.
+#   reference  the electrode sense (ADS1115 AIN2 - AIN3 through the front end's dividers,
+#              after the DC-blocking capacitor: the voltage across the probes alone) with
+#              a resistor of known value across them: current = V x divider / R_ref. Both
+#              polarities, each read in the direction of its current: the ADC's offset
+#              cancels.
 #   DAC        current = dac_ua_per_code x code + dac_offset_ua (two points, plus the
 #              fine channel's real ratio on an internal_dual DAC)
 #   ADC        current = adc_gain x (the sampler's nominal shunt reading) + adc_offset_ua
-# What is left (residual error sources): the reference resistor's tolerance, the load
-# divider's ratio tolerance (both enter the current one for one: use 0.1 % parts), the
+# What is left (residual error sources): the reference resistor's tolerance, the mean of
+# the two sense dividers' ratio errors (both enter the current one for one), the
 # ADS1115's gain error between PGA ranges (0.01 % typical), the DAC's non-linearity
 # between and beyond the two points (the fit's residual at a third point is reported),
 # and drift with temperature since calibration.
@@ -42,19 +44,18 @@ R_REF_MAX_OHM = 40000
 # not measure the board against the stated resistor (no resistor, a wrong one, skin on the
 # probes) or the board is not built as its definition says (e.g. R2 fitted for R2D: -6 %);
 # calrun refuses it and keeps the old one, and load() refuses a stored one.
-#   the reference path (current = V_load x divider / R_ref): RDIV1 10.0 Mohm and RDIV2
-#     1.00 Mohm at 1 % -> ratio 11 +-1.82 % (2 % x 10/11); R_ref 0.1 % (2.00 kohm
-#     TNPW0603, the bring-up checklist's part); ADS1115 gain error 0.15 % max (SBAS444) per
-#     channel
+#   the reference path (current = V_load x divider / R_ref): RSA1/RSB1 1.50 Mohm and
+#     RSA2/RSB2 100 kohm at 0.1 % -> each ratio 16.0 +-0.19 %, the reading their mean;
+#     R_ref 0.1 % (2.00 kohm TNPW0603, the bring-up checklist's part); ADS1115 gain error
+#     0.15 % max (SBAS444) per input range
 #   the shunt reading: RSHUNT 1.00 kohm 0.1 %, the ADS1115's other channel 0.15 %
 #   the source: R2 / (R1 x R3) = 3.60 kohm / (10.0 kohm x 2.00 kohm), each 0.1 % -> 0.3 %;
 #     the DAC's full scale, i.e. its reference (the board's 3.3 V rail) and its own gain
 #     error: 3 % together (the README gives no figure: MCP47x6/MCP4728 datasheets give
 #     +-1.25 % gain error, a devkit's 3.3 V LDO 1-2 %)
-#   switch U3 (ADG5436F): 2 x 10 ohm in series with the load (README, compliance budget)
 # (Only the limits a stored calibration is held to live here; calrun.py has the rest.)
-ADC_GAIN_TOLERANCE = 0.025  # 1.82 + 0.1 + 0.1 + 2 x 0.15 = 2.32 %
-DAC_GAIN_TOLERANCE = 0.055  # 0.3 + 3 + (1.82 + 0.1 + 0.15: the reference path) = 5.37 %
+ADC_GAIN_TOLERANCE = 0.025  # 0.19 + 0.1 + 0.1 + 2 x 0.15 = 0.69 %, and the 1.8 % of 1 % dividers
+DAC_GAIN_TOLERANCE = 0.055  # 0.3 + 3 + (0.19 + 0.1 + 0.15: the reference path) = 3.74 %, 1 % dividers 5.4 %
 # Offsets: the DAC's (MCP4728: 20 mV max x 180 uA/V = 3.6 uA; the self-check allows
 # DAC_ZERO_MAX_UA) and the shunt reading's (the self-check's ADC zero limit, 500 uV on
 # 1 kohm = 0.5 uA, and as much again for the fit).

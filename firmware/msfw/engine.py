@@ -63,7 +63,6 @@ LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 # phase, skipped when shorter than REC_MIN_US, never longer than REC_MAX_US.
 _REC_MIN_US = const(2000)
 _REC_MAX_US = const(3000000)
-_HALF_CONV_US = const(580)  # middle of an ADS1115 conversion window
 REC_PROG = {"software_timed": True, "sampling": "sync"}
 
 # A 5 Hz biphasic probe, 3.5 ms phases: two whole conversions (current, then load) fit
@@ -143,8 +142,9 @@ class Engine:
         self.burst_on = True
         self.burst_t0 = 0
         self.measured_q4 = 0
-        # The DC-blocking capacitor (in series with the electrodes): the load reading
-        # includes its voltage. Tracked from the charge delivered: cb_uv at the start of the
+        # The DC-blocking capacitor (in series with the electrodes): its voltage adds to
+        # what the source must drive (compliance), not to the load reading (taken after
+        # it). Tracked from the charge delivered: cb_uv at the start of the
         # running pattern's period (a whole period adds none), lvl_cu the current flowing.
         self.cb_c = int(board.dc_block_uf + 0.5) or 1
         self.cb_uv = 0
@@ -191,7 +191,9 @@ class Engine:
         hw.en.value(0)
         tl = self.tl
         if tl is not None and self.lvl_cu and (self.burst_on or tl is not self.main_tl):
-            self.cb_uv = self._cap_uv(tl, tl.pos(hw.ticks_us()) if cut_pos < 0 else cut_pos)
+            # I x t / C, in 64 us steps so every product stays below 2**30
+            pos = tl.pos(hw.ticks_us()) if cut_pos < 0 else cut_pos
+            self.cb_uv += ((self.lvl_cu * (tl.signed_on(pos) >> 6)) << 1) // self.cb_c
         self.lvl_cu = 0
         self.rec_us = 0
         self.next_cu = -1
@@ -205,19 +207,6 @@ class Engine:
         self.reg.set_target(0)
         self.reg.discard()
         safe.set_armed(False)
-
-    def _cap_uv(self, tl, pos):
-        """The DC-blocking capacitor's voltage (uV, + polarity) at pos of the running
-        period: I x t / C, in 64 us steps so every product stays below 2**30."""
-        return self.cb_uv + ((self.lvl_cu * (tl.signed_on(pos) >> 6)) << 1) // self.cb_c
-
-    def _cap_seen_uv(self, tl, samp):
-        """The capacitor's voltage in the direction of the current, mid-way through the
-        conversion the sampler has just completed (0 for dense trains: both polarities)."""
-        if samp.dense:
-            return 0
-        c = self._cap_uv(tl, samp.done_pos + _HALF_CONV_US)
-        return c if samp.done_sign >= 0 else -c
 
     def _emit(self, kind, value=0):
         n = self._ev_n
@@ -297,8 +286,8 @@ class Engine:
         """(Re)start the output. First one recovery phase brings the DC-blocking capacitor
         to the charge about which the program swings symmetrically at its full level: it
         drains whatever cut periods left (a lift, a pause, a stop) and centres the swing,
-        so the capacitor never adds more than half a period's I x t / C to the load
-        reading. Its current is never above the soft start's first step (nor below the
+        so the capacitor never adds more than half a period's I x t / C to the voltage the
+        source must drive (compliance; lift: 1.2 V at 400 uA, not 2.4 V). Its current is never above the soft start's first step (nor below the
         probe's 10 uA); then the soft start begins."""
         self.sup.reset_contact()  # nothing measured before is judged with what follows
         target = self.level_target()
@@ -346,11 +335,11 @@ class Engine:
         self.timer.update(tl.intervals[0][2])
         samp = self.sampler
         sup = self.sup
-        ch = samp.poll(now_us)
+        ch = samp.poll(now_us, self.lvl_cu)
         if ch == CH_SHUNT:
             sup.check_current(samp.i_cu, 0, self.lvl_cu)
         elif ch == CH_LOAD:
-            sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
+            sup.check_load(samp.v_mv, samp.v_z)
         if samp.stuck_us > 4000:
             sup.trip(F_ADC, samp.stuck_us)
         if sup.fault != F_NONE:
@@ -394,6 +383,8 @@ class Engine:
         if not result.get("ok", False):
             self.check_failed = F_SELF_CHECK
             self.trip(F_SELF_CHECK, result.get("code", 0))
+        else:
+            self.sampler.set_zero(result["adc_zero_uv"][1])
 
     def trip(self, code, value=0):
         """A fault from outside the hot checks (I2C error, USB power)."""
@@ -438,7 +429,7 @@ class Engine:
             self.timer.update(tl.sign_at(pos))
         sup = self.sup
         samp = self.sampler
-        ch = samp.poll(now_us)
+        ch = samp.poll(now_us, self.lvl_cu)
         steady = st == S_STIM
         if ch == CH_SHUNT:
             sup.check_current(samp.i_cu, samp.i_sign, self.reg.target_cu)
@@ -447,7 +438,7 @@ class Engine:
                 # What the firmware itself measures, smoothed over about 64 samples (Q4).
                 self.measured_q4 += ((samp.i_cu << 4) - self.measured_q4) >> 6
         elif ch == CH_LOAD:
-            sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
+            sup.check_load(samp.v_mv, samp.v_z)
         if samp.stuck_us > 4000:
             sup.trip(F_ADC, samp.stuck_us)
         if sup.fault != F_NONE:
@@ -520,7 +511,8 @@ class Engine:
 
     def wait_us(self, now_us):
         """How long the app may sleep: until the pending conversion is due; 200 us while
-        a phase is on and the ADC idle (its first conversion starts early in the phase);
+        a phase is on and the ADC idle (its first conversion starts early in the phase; 100 us in
+        a dense train);
         else 1 ms. A software-timed program also wakes at its next edge, so both edges of
         every phase land equally late and the + and - phases last the same."""
         samp = self.sampler
@@ -530,6 +522,8 @@ class Engine:
             left = samp.CONV_WAIT_US - self.hw.ticks_diff(now_us, samp.t_start)
             if left < 1000:
                 w = left if left > 50 else 50
+        elif samp.dense:
+            w = 100  # a dense train's load waits for a window centred on a phase (+-100 us)
         elif tl is not None and tl.sign_at(tl.pos(now_us)) != 0:
             w = 200
         if self.software and tl is not None:
@@ -555,7 +549,7 @@ class Engine:
     def _probe(self, now_us, now_ms):
         """Paused: 10 uA probe pulses until the contact has been good for a while."""
         samp = self.sampler
-        ch = samp.poll(now_us)
+        ch = samp.poll(now_us, _PROBE_CU)
         hw = self.hw
         if samp.stuck_us > 4000:
             self.trip(F_ADC, samp.stuck_us)
@@ -576,9 +570,10 @@ class Engine:
             sup.check_current(samp.i_cu, 0, _PROBE_CU)
             good = samp.i_cu * 10 >= _PROBE_CU * 7
         elif ch == CH_LOAD:
-            good = samp.v_mv < sup.compliance_mv
+            v = samp.v_mv if samp.v_mv > 0 else -samp.v_mv
+            good = v < sup.compliance_mv
             if good and sup.i_cu:
-                sup.check_load(samp.v_mv, self._cap_seen_uv(tl, samp))
+                sup.check_load(v)
         if sup.fault != F_NONE:
             self._fault()
             return
@@ -593,7 +588,8 @@ class Engine:
             return
         # Stable contact: what current can this load take within compliance?
         if ch == CH_LOAD and samp.i_cu > 0:
-            max_cu = self.sup.compliance_mv * 8 // 10 * _PROBE_CU // (samp.v_mv if samp.v_mv > 0 else 1)
+            v = samp.v_mv if samp.v_mv > 0 else -samp.v_mv
+            max_cu = self.sup.compliance_mv * 8 // 10 * _PROBE_CU // (v if v > 0 else 1)
             self.compliance_limited = max_cu < self.setpoint_cu
             self.limit_cu = max_cu if self.compliance_limited else self.setpoint_cu
         elif ch != CH_LOAD:

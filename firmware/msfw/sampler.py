@@ -7,7 +7,16 @@
 # reads the load first, then the current. "dense" programs (short phases,
 # every window at least half on): conversions run back to back and each is divided by the
 # on-fraction of its window, computed from the timeline.
-# Channels alternate: shunt (current), load voltage (through the divider).
+# Channels alternate: shunt (current), load voltage. The load voltage is electrode A minus
+# electrode B, after the DC-blocking capacitor, each through its divider (ADS1115 AIN2 -
+# AIN3 on the reference front end): signed, positive in a + phase, less the ADC's zero
+# (the boot self-check's). Two ranges: up to 40 uA the PGA's +-0.256 V (+-4.1 V at the
+# load, 0.13 mV rms of noise: 300 ohm x 5 uA is 1.5 mV), above it +-2.048 V (+-32.8 V,
+# 1 mV rms). A dense window holding both polarities reads their difference, so the load
+# is read only where one polarity has at least 3/4 of the window, divided by the
+# window's signed on-fraction. Its off time reads what the skin's capacitance holds, which
+# moves the reading with the window's place (at 400 Hz, 2x over the phase): only a window
+# centred on a phase (within _CENTRE_US) is good for judging the impedance (v_z).
 #
 # Hot path (poll): integers only, nothing allocated.
 from micropython import const
@@ -21,7 +30,11 @@ _SOFT_MARGIN_US = const(3000)
 _POLL_US = const(400)  # collecting a result and starting the next (two I2C transfers, the loop)
 _REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
 PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
-_PGA_LOAD = const(1)  # +-4.096 V: 45 V through an 11:1 divider
+_PGA_LOAD = const(2)  # +-2.048 V: +-32.8 V across the electrodes through 16:1 dividers
+_PGA_LOAD_LO = const(5)  # +-0.256 V: +-4.1 V, for currents up to _LO_MAX_CU
+_LO_MAX_CU = const(1280)  # 40 uA: 4.1 V is 102 kohm
+_DENSE_LOAD_Q10 = const(768)
+_CENTRE_US = const(50)
 
 CH_NONE = const(0)
 CH_SHUNT = const(1)
@@ -113,20 +126,31 @@ class Timeline:
                 return s
         return 0
 
-    def on_q10(self, pos, length):
-        """Fraction (Q10) of [pos, pos+length] during which the output is on."""
+    def centred(self, pos):
+        """Sign of the phase whose centred conversion window starts within _CENTRE_US of
+        pos, else 0."""
+        m = self.macro_us
+        for a, b, s in self.intervals:
+            d = (pos - ((a + b - _CONV_US) >> 1)) % m
+            if d <= _CENTRE_US or d >= m - _CENTRE_US:
+                return s
+        return 0
+
+    def on_q10(self, pos, length, signed=False):
+        """Fraction (Q10) of [pos, pos+length] during which the output is on; signed:
+        + phases count positive, - phases negative."""
         on = 0
         end = pos + length
         m = self.macro_us
         for j in range(2):  # this macro period and the next (a tuple here would allocate)
             k = j * m
-            for a, b, _ in self.intervals:
+            for a, b, s in self.intervals:
                 a += k
                 b += k
                 lo = a if a > pos else pos
                 hi = b if b < end else end
                 if hi > lo:
-                    on += hi - lo
+                    on += hi - lo if s > 0 or not signed else lo - hi
         return (on << 10) // length
 
 
@@ -137,13 +161,17 @@ class Sampler:
         self.adc = adc
         self.ticks_us = ticks_us
         self.diff = ticks_diff
-        self.shunt_ch = board.shunt_channel
-        self.load_ch = board.load_channel
-        # raw code -> cu (1/32 uA) in Q8; raw code -> mV at the load in Q8
+        # ADS1115 MUX codes: the shunt single-ended, the load AIN<load_channel> - AIN3.
+        self.shunt_mux = 4 + board.shunt_channel
+        self.load_mux = board.load_channel + 1
+        # raw code -> cu (1/32 uA) in Q8; raw code on the low range -> mV at the load in
+        # Q12 (the high range is 8 x); the ADC's zero, mV at the load in Q12
         lsb_shunt_v = FSR_V[PGA_SHUNT] / 32768
         self.shunt_q8 = int(lsb_shunt_v / board.shunt_ohm * 1e6 * 32 * 256 + 0.5)
-        lsb_load_v = FSR_V[_PGA_LOAD] / 32768
-        self.load_q8 = int(lsb_load_v * board.load_divider * 1000 * 256 + 0.5)
+        self.div = board.load_divider
+        self.load_q12 = int(FSR_V[_PGA_LOAD_LO] / 32768 * self.div * 1000 * 4096 + 0.5)
+        self.zero_q12 = 0
+        self.load_sh = 0  # 3 while a high-range load conversion runs
         self.cal_gain_q14 = 16384
         self.cal_offset_cu = 0
         self.timeline = None
@@ -158,19 +186,24 @@ class Sampler:
         self.t_start = 0
         self.pos_start = 0
         self.sign = 0
-        self.on_q10 = 1024
+        self.on_q10 = 1024  # for a load conversion: signed (its phase's sign, dense: the window's)
         # Latest results, read by the supervisor and the regulator.
         self.i_cu = 0  # amplitude (1/32 uA)
         self.i_sign = 0
-        self.v_mv = 0  # load voltage during a phase (mV)
+        self.v_mv = 0  # load voltage during a phase (mV), in the phase's direction: < 0 opposes it
+        self.v_z = True  # and whether it is good for judging the impedance
+        self.z_next = True
         self.fresh = CH_NONE  # which channel the last poll() completed
         self.done_pos = 0  # where in the pattern the completed conversion started (us)
-        self.done_sign = 0  # and the sign of its phase
         self.stuck_us = 0  # how long a conversion has been overdue
 
     def set_calibration(self, gain_q14, offset_cu):
         self.cal_gain_q14 = gain_q14
         self.cal_offset_cu = offset_cu
+
+    def set_zero(self, zero_uv):
+        """The load sense's reading with the output off (uV at the ADC: its offset)."""
+        self.zero_q12 = int(zero_uv * self.div * 4096 / 1000)
 
     def use(self, timeline, dense, software_timed, load_first):
         """load_first: start every phase with the load channel (stimulating: a short or a
@@ -186,8 +219,9 @@ class Sampler:
         self.timeline = None
         self.busy = CH_NONE
 
-    def poll(self, now):
-        """Collect a finished conversion and start the next when the pattern allows.
+    def poll(self, now, target_cu):
+        """Collect a finished conversion and start the next when the pattern allows;
+        target_cu: the current flowing (picks the load's range).
 
         Returns the channel completed now (CH_NONE if none). Allocation-free."""
         self.fresh = CH_NONE
@@ -207,14 +241,13 @@ class Sampler:
             ch = self.busy
             self.busy = CH_NONE
             self.done_pos = self.pos_start
-            self.done_sign = self.sign
-            if raw < 0:
-                raw = 0
             f = self.on_q10
-            if f < 256:  # too little of the window was on to mean anything
+            if -256 < f < 256:  # too little of the window was on to mean anything
                 self.fresh = CH_NONE
                 return CH_NONE
             if ch == CH_SHUNT:
+                if raw < 0:
+                    raw = 0
                 cu = (raw * self.shunt_q8) >> 8
                 cu = ((cu * self.cal_gain_q14) >> 14) + self.cal_offset_cu
                 if f < 1024:
@@ -222,10 +255,8 @@ class Sampler:
                 self.i_cu = cu
                 self.i_sign = self.sign
             else:
-                mv = (raw * self.load_q8) >> 8
-                if f < 1024:
-                    mv = (mv << 10) // f
-                self.v_mv = mv
+                self.v_mv = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
+                self.v_z = self.z_next or not self.dense
             self.fresh = ch
         # Start the next conversion if its whole window is usable. Where in the pattern we
         # are is read now: collecting the last result took two I2C transfers.
@@ -234,17 +265,24 @@ class Sampler:
         pos = tl.pos(now) + _WAKE_US
         if pos >= tl.macro_us:
             pos -= tl.macro_us
+        ch = self.next_ch
         if self.dense:
             f = tl.on_q10(pos, _CONV_US)
             if f < 512:
                 return self.fresh
             sign = 1
+            if ch == CH_LOAD:
+                sf = tl.on_q10(pos, _CONV_US, True)
+                if -_DENSE_LOAD_Q10 < sf < _DENSE_LOAD_Q10:
+                    ch = CH_SHUNT  # the load waits for a window with one polarity in it
+                else:
+                    sign = 1 if sf > 0 else -1
+                    self.z_next = tl.centred(pos) != 0
         else:
             sign = tl.fits(pos, _CONV_US, self.margin)
             if sign == 0:
                 return self.fresh
             f = 1024
-        ch = self.next_ch
         if not self.load_first and not self.dense and (tl.fit_start != self.phase_start or pos < self.phase_pos):
             ch = CH_SHUNT
         elif self.load_first and (tl.fit_start != self.phase_start or pos < self.phase_pos):
@@ -259,11 +297,13 @@ class Sampler:
         self.phase_start = tl.fit_start
         self.phase_pos = pos
         if ch == CH_SHUNT:
-            adc.start(self.shunt_ch, PGA_SHUNT)
+            adc.start(self.shunt_mux, PGA_SHUNT)
             self.next_ch = CH_LOAD
             self.phase_i = True
         else:
-            adc.start(self.load_ch, _PGA_LOAD)
+            lo = target_cu <= _LO_MAX_CU
+            adc.start(self.load_mux, _PGA_LOAD_LO if lo else _PGA_LOAD)
+            self.load_sh = 0 if lo else 3
             self.next_ch = CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
@@ -275,6 +315,8 @@ class Sampler:
             p = tl.pos(t) + 25
             if p >= tl.macro_us:
                 p -= tl.macro_us
-            f = tl.on_q10(p, _CONV_US)
+            f = tl.on_q10(p, _CONV_US, ch == CH_LOAD)
+        elif ch == CH_LOAD:
+            f = 1024 * sign
         self.on_q10 = f
         return self.fresh

@@ -28,11 +28,12 @@ _C_JUMP = const(3)  # the impedance rose suddenly: partial contact concentrates 
 CONTACT_NAMES = ("none", "lift_off", "compliance", "impedance_jump")
 
 _Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
-# The DC-blocking capacitor's voltage is known from its charge only as well as its
-# capacitance: a bipolar electrolytic is +-20 %; the band is 1/4 (25 %) of the estimate.
-_CAP_TOL_SHIFT = const(2)
 _MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
 _MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
+# Below 8 uA a load reading is not judged: the electrode sense's common-mode error (the
+# dividers' 0.4 % worst-case mismatch x VBIAS, 1.3 mV) would leave 500 ohm x I too close
+# to 300 ohm x I.
+_MIN_LOAD_CU = const(256)
 _ADC_STUCK_US = const(4000)
 _JUMP_MIN_CU = const(640)  # 20 uA
 _JUMP_NUM = const(8)  # impedance above 8/5 (1.6x) its reference is a jump
@@ -89,25 +90,26 @@ class Supervisor:
             self.neg_sum += i_cu
             self.neg_n += 1
 
-    def check_load(self, v_mv, cap_uv=0):
+    def check_load(self, v_mv, z_ok=True):
         """A fresh sample of the load voltage, with the latest current sample.
 
-        The reading is the TOP node: I x Z plus the DC-blocking capacitor's voltage
-        (cap_uv, in the direction of this phase's current, estimated by the engine from
-        the charge it delivered). A short is what no load of Z_SHORT_OHM or more can read,
-        whatever the capacitor is within CAP_TOL_SHIFT of its estimate: where the
-        capacitor aids the current by more than I x Z_SHORT_OHM, nothing is judged."""
+        The reading is the voltage across the electrodes, after the DC-blocking capacitor
+        (the sampler's v_mv, in the direction of the phase's current). Its size is judged:
+        skin still charged from the other phase reads against the current for a moment,
+        which no short can hold. A short is what no load of Z_SHORT_OHM or more can read.
+        z_ok: the sample is good for judging the impedance (a jump) too."""
+        if v_mv < 0:
+            v_mv = -v_mv
         if v_mv >= self.compliance_mv:
             self.contact = C_COMPLIANCE
             return
         i = self.i_cu
-        if i < _MIN_CHECK_CU:
+        if i < _MIN_LOAD_CU:
             return
-        band = (cap_uv if cap_uv >= 0 else -cap_uv) >> _CAP_TOL_SHIFT
-        if v_mv * 1000 < _Z_SHORT_OHM * i // 32 + cap_uv - band:  # uV; all below 2**30
+        if v_mv * 1000 < _Z_SHORT_OHM * i // 32:  # uV; all below 2**30
             self.trip(F_SHORT, v_mv)
             return
-        if i < _JUMP_MIN_CU:
+        if i < _JUMP_MIN_CU or not z_ok:
             return  # a few uA give too coarse an impedance to judge a jump by
         z = (v_mv * 4000) // (i >> 3)  # ohm; every product stays below 2**30
         # Within a phase the impedance seen rises with the skin's capacitance, up to a

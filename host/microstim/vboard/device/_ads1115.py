@@ -180,13 +180,17 @@ class ADS1115:
 
         The result is the input averaged over the conversion (a delta-sigma modulator
         decimated once per conversion, §9.3.6), plus noise, quantised to LSB = FSR / 2**15
-        and clipped at 0x7FFF / 0x8000 for inputs beyond full scale (§9.3.3).
+        and clipped at 0x7FFF / 0x8000 for inputs beyond full scale (§9.3.3). A
+        differential MUX code (000..011) converts AINP - AINN, signed: negative when AINN
+        is the higher input. The world's per-input offset (ain_offset_v) cancels there;
+        the ADC's own offset in a differential conversion is ain_diff_offset_v.
         """
         w = self.world
         pos, neg = _MUX_INPUTS[(config >> 12) & 7]
         volts = w.ain_average(pos, start_us, end_us)
         if neg >= 0:
             volts -= w.ain_average(neg, start_us, end_us)
+            volts += w.fe.ain_diff_offset_v
         pga = (config >> 9) & 7
         if w.noise:
             volts += w.gauss() * _NOISE_RMS_UV[pga] * 1e-6

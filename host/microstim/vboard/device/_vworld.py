@@ -51,6 +51,13 @@ STATE_PAD_BYTES = 1024  # the saved state is far smaller
 _BLANKS = b" " * 64
 FLUSH_EVERY_US = 250000
 
+# The front end's electrode sense (boards/frontend/README.md): VBIAS = 3.3 V x RB2 /
+# (RB1 + RB2) = 3.3 x 10.0 / (90.9 + 10.0); the analog switch's on-resistance (ADG5436F);
+# the highest an ADS1115 input gets (3.3 V + a BAT54S clamp diode).
+V_BIAS = 0.327
+SWITCH_OHM = 10.0
+AIN_CLAMP_V = 3.6
+
 # Flags of a phase record in the trace.
 F_COMPLIANCE = 1  # source at its compliance voltage: delivered < commanded
 F_OPEN = 2  # no load connected (lift-off)
@@ -276,8 +283,11 @@ class FrontEnd:
     DAC code -> DAC volts (internal_dual: coarse + fine_ratio x fine channel) ->
     voltage-to-current source (gain, offset, hardware limit, compliance voltage) ->
     shunt (unipolar side) -> H-bridge (EN gates, POL picks sign)
-    -> DC-blocking capacitor -> electrodes -> load.
-    Monitors: AIN0 = shunt voltage, AIN1 = |output voltage| / divider, AIN2 = 0, AIN3 = 0.
+    -> DC-blocking capacitor (in series with electrode A) -> electrodes -> load.
+    Monitors (boards/frontend/README.md): AIN0 = shunt voltage; AIN2 / AIN3 = electrode
+    A / B node through its own divider to VBIAS, buffered (the firmware reads AIN2 - AIN3:
+    the voltage across the load); AIN1 is not connected (grounded); VLOAD_FAST = the
+    output voltage through RDIV3/RDIV4.
     """
 
     def __init__(self, fe, errors):
@@ -298,10 +308,15 @@ class FrontEnd:
         self.hw_limit_ua = fe["hw_current_limit_ua"]
         self.compliance_v = fe["compliance_v"]
         self.shunt_ohm = fe["shunt_ohm"] * (1.0 + errors.get("shunt", 0.0))
-        self.divider = fe["load_divider"] * (1.0 + errors.get("divider", 0.0))
+        # The electrode sense: one divider per electrode node, each with its own error
+        # (1 % resistors: the two ratios differ, which is what turns the electrodes'
+        # common-mode voltage into a differential error).
+        self.divider_a = fe["load_divider"] * (1.0 + errors.get("divider_a", 0.0))
+        self.divider_b = fe["load_divider"] * (1.0 + errors.get("divider_b", 0.0))
         # CBLOCK as built: a bipolar electrolytic is +-20 % (errors["dc_block"]).
         self.c_block_f = fe["dc_block_uf"] * 1e-6 * (1.0 + errors.get("dc_block", 0.0))
-        self.ain_offset_v = errors.get("ain_offset_v", 0.0)
+        self.ain_offset_v = errors.get("ain_offset_v", 0.0)  # every input, single-ended
+        self.ain_diff_offset_v = errors.get("ain_diff_offset_v", 0.0)  # a differential conversion
         self.fast_divider = fe.get("fast_load_divider", 15.0)
         self.fast_gain = 1.0 + errors.get("fast_adc_gain", 0.0)
 
@@ -402,8 +417,10 @@ class World:
         self._seg_t0 = array("q", [0] * n)
         self._seg_t1 = array("q", [0] * n)
         self._seg_i = array("d", [0.0] * n)  # |current| in A, constant over a segment
-        self._seg_v0 = array("d", [0.0] * n)  # |output voltage| at start and end
-        self._seg_v1 = array("d", [0.0] * n)
+        self._seg_a0 = array("d", [0.0] * n)  # electrode A's node (V) at start and end
+        self._seg_a1 = array("d", [0.0] * n)
+        self._seg_b0 = array("d", [0.0] * n)  # electrode B's node
+        self._seg_b1 = array("d", [0.0] * n)
         self._seg_w = 0
 
         self.i2c = {}  # bus id -> {addr: device}
@@ -634,19 +651,25 @@ class World:
         s = 1.0 if pol else -1.0
         if not en or i_cmd <= 0.0:
             self._end_phase()
-            # Output disconnected: the skin capacitance relaxes through its own R.
+            # Output disconnected: the skin capacitance relaxes through its own R; the
+            # electrodes float, held at VBIAS by the sense dividers.
+            v_cp0 = self.v_cp
             if rp > 0 and cp > 0:
                 self.v_cp *= math.exp(-dt / (rp * cp))
-            self._push(t0, t1, 0.0, 0.0, 0.0)
+            h0 = v_cp0 / 2
+            h1 = self.v_cp / 2
+            self._push(t0, t1, 0.0, V_BIAS + h0, V_BIAS + h1, V_BIAS - h0, V_BIAS - h1, 0.0)
             return
         vc = fe.compliance_v
+        cb = fe.c_block_f
+        v_cb0 = self.v_cb
         if load.open:
-            self._push(t0, t1, 0.0, vc, vc)
+            # The source saturates: the anode side at the rail, the cathode side at ground.
+            a, b = self._nodes(s, 0.0, s * vc - v_cb0, v_cb0)
+            self._push(t0, t1, 0.0, a, a, b, b, vc)
             self._phase(t0, t1, 0.0, 0.0, vc, i_cmd, F_OPEN, s)
             return
-        cb = fe.c_block_f
         v_cp0 = self.v_cp
-        v_cb0 = self.v_cb
         i = s * i_cmd
         # Unsaturated: exact solution for a constant current.
         if rp > 0 and cp > 0:
@@ -663,7 +686,9 @@ class World:
             self.v_cb = v_cb1
             a0 = abs(v0)
             a1 = abs(v1)
-            self._push(t0, t1, i_cmd, a0, a1)
+            na0, nb0 = self._nodes(s, i_cmd, i * rs + v_cp0, v_cb0)
+            na1, nb1 = self._nodes(s, i_cmd, i * rs + v_cp1, v_cb1)
+            self._push(t0, t1, i_cmd, na0, na1, nb0, nb1, a1)
             self._phase(t0, t1, i * 1e6, i_cmd * 1e6, a0 if a0 > a1 else a1, i_cmd, 0, s)
             return
         # At compliance: the output voltage is pinned at +-vc; integrate in substeps.
@@ -691,28 +716,59 @@ class World:
         self.v_cp = v_cp
         self.v_cb = v_cb
         i_mean = q / dt if dt > 0 else 0.0
-        self._push(t0, t1, abs(i_mean), vc, vc)
+        im = abs(i_mean)
+        na0, nb0 = self._nodes(s, im, s * vc - v_cb0, v_cb0)
+        na1, nb1 = self._nodes(s, im, s * vc - v_cb, v_cb)
+        self._push(t0, t1, im, na0, na1, nb0, nb1, vc)
         self._phase(t0, t1, i_mean * 1e6, i_peak * 1e6, vc, i_cmd, F_COMPLIANCE, s)
 
-    def _push(self, t0, t1, i_abs, v0, v1):
-        self.v_out_abs = v1
+    def _nodes(self, s, i_abs, v_load, v_cb):
+        """(electrode A, electrode B) node voltages against ground with the bridge closed.
+
+        v_load: across the load, A minus B; v_cb: CBLOCK, its switch side minus electrode
+        A. The cathode's switch connects to BOTTOM, i_abs x (RSHUNT + one switch) above
+        ground; CBLOCK sits between electrode A and its switch, so it shifts the nodes
+        (their common mode) only while A is the cathode, never their difference."""
+        low = i_abs * (self.fe.shunt_ohm + SWITCH_OHM)
+        if s > 0:
+            return low + v_load, low
+        a = low - v_cb
+        return a, a - v_load
+
+    def _push(self, t0, t1, i_abs, a0, a1, b0, b1, v_out):
+        self.v_out_abs = v_out
         w = self._seg_w % self._seg_n
         self._seg_t0[w] = t0
         self._seg_t1[w] = t1
         self._seg_i[w] = i_abs
-        self._seg_v0[w] = v0
-        self._seg_v1[w] = v1
+        self._seg_a0[w] = a0
+        self._seg_a1[w] = a1
+        self._seg_b0[w] = b0
+        self._seg_b1[w] = b1
         self._seg_w += 1
 
     def ain_average(self, ch, t0_us, t1_us):
-        """Mean voltage at ADS1115 input `ch` (0..3, single-ended) over [t0, t1] µs."""
+        """Mean voltage at ADS1115 input `ch` (0..3, single-ended) over [t0, t1] µs.
+
+        AIN0: the shunt. AIN2 / AIN3: electrode A / B through its divider to VBIAS and a
+        buffer (whose output stays within 0 V .. VDD + 0.3 V, the BAT54S clamp). AIN1:
+        grounded (the front end leaves it unused)."""
         if t1_us > self.now_us:
             t1_us = self.now_us
         self.sync()
         if t1_us <= t0_us:
             t0_us = t1_us - 1
         fe = self.fe
+        if ch == 1:
+            return fe.ain_offset_v
+        if ch == 2:
+            v0s = self._seg_a0
+            v1s = self._seg_a1
+        else:
+            v0s = self._seg_b0
+            v1s = self._seg_b1
         total = 0.0
+        covered = 0
         n = self._seg_n
         w = self._seg_w
         k = 0
@@ -727,17 +783,27 @@ class World:
                 continue
             lo = a if a > t0_us else t0_us
             hi = b if b < t1_us else t1_us
+            covered += hi - lo
             if ch == 0:
                 total += self._seg_i[j] * fe.shunt_ohm * (hi - lo)
-            elif ch == 1:
-                # Linear interpolation of |v| across the segment, averaged over the overlap.
+            else:
+                # Linear interpolation of the node across the segment, averaged over the overlap.
                 span = b - a
-                va = self._seg_v0[j]
-                vb = self._seg_v1[j]
+                va = v0s[j]
+                vb = v1s[j]
                 fa = (lo - a) / span
                 fb = (hi - a) / span
-                total += (va + (vb - va) * (fa + fb) / 2) * (hi - lo) / fe.divider
-        return total / (t1_us - t0_us) + fe.ain_offset_v
+                total += (va + (vb - va) * (fa + fb) / 2) * (hi - lo)
+        dur = t1_us - t0_us
+        if ch == 0:
+            return total / dur + fe.ain_offset_v
+        v = (total + V_BIAS * (dur - covered)) / dur  # before any segment: floating
+        v = V_BIAS + (v - V_BIAS) / (fe.divider_a if ch == 2 else fe.divider_b)
+        if v < 0.0:
+            v = 0.0  # the buffer's output cannot go below its ground rail
+        elif v > AIN_CLAMP_V:
+            v = AIN_CLAMP_V
+        return v + fe.ain_offset_v
 
     def adc_uv(self, gpio, atten):
         """ESP32 ADC1 reading (read_uv) of a pin: the fast load-voltage monitor, or 0.
