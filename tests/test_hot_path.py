@@ -138,35 +138,6 @@ except MemoryError:
     assert r.stdout.strip() == "ALLOCATED", r.stdout + r.stderr
 
 
-# Reads the log segments off a virtual board's flash image (LittleFS, as the board wrote it).
-_DUMP_LOG = """
-import sys, os
-sys.path.insert(0, {dev!r})
-import _vworld
-f = open({img!r}, "r+b")
-f.seek(0, 2)
-n = f.tell() // 4096
-os.mount(os.VfsLfs2(_vworld.FileBlockDev(f, 4096, n)), "/fl")
-for name in sorted(os.listdir("/fl/log")):
-    with open("/fl/log/" + name, "rb") as src, open({out!r} + "/" + name, "wb") as dst:
-        dst.write(src.read())
-"""
-
-
-def _log_of(run_dir, tmp_path):
-    import subprocess
-
-    from microstim.logs import data
-    from microstim.vboard.supervisor import device_dir, find_micropython
-
-    out = tmp_path / "log"
-    out.mkdir()
-    code = _DUMP_LOG.format(dev=str(device_dir()), img=str(run_dir / "flash.img"), out=str(out))
-    r = subprocess.run([find_micropython(), "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return data.load({int(p.stem, 16): p.read_bytes() for p in out.glob("*.seg")})
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("heap_kb", [
     104,  # what it takes today: guards against a regression
@@ -200,7 +171,10 @@ def test_firmware_runs_a_20_minute_session_in_a_small_heap(tmp_path, heap_kb):
     assert 2 * 1024 < boot["mem_free"] < heap_kb * 1024
     assert end["mem_free"] > 2 * 1024
     assert len(trace.phases) > 20000  # 10 Hz, biphasic, for 20 minutes
-    log = _log_of(run, tmp_path)
+    from microstim.logs import data
+    from microstim.vboard.board import flash_log_segments
+
+    log = data.load(flash_log_segments(run))
     assert len(log.sessions) == 1
     s = log.sessions[0]
     assert s["end_reason"] == "auto_off"

@@ -93,3 +93,34 @@ def run_headless(
         vb.supervisor.wait(timeout_s)
     wall_s = time.perf_counter() - t0
     return vb.trace(), vb.output_text(), wall_s
+
+
+# Copies /log off a virtual board's flash image, mounted as the board mounts it.
+_DUMP_LOG = """
+import sys, os
+sys.path.insert(0, {dev!r})
+import _vworld
+f = open({img!r}, "rb")
+f.seek(0, 2)
+os.mount(os.VfsLfs2(_vworld.FileBlockDev(f, 4096, f.tell() // 4096)), "/fl", readonly=True)
+for name in sorted(os.listdir("/fl/log")):
+    with open("/fl/log/" + name, "rb") as src, open({out!r} + "/" + name, "wb") as dst:
+        dst.write(src.read())
+"""
+
+
+def flash_log_segments(run_dir: str | Path) -> dict[int, bytes]:
+    """The session log a (stopped) virtual board wrote to its flash: {segment id: bytes},
+    as `microstim.logs.data.load()` takes it."""
+    import subprocess
+    import tempfile
+
+    from .supervisor import device_dir, find_micropython
+
+    img = Path(run_dir) / "flash.img"
+    with tempfile.TemporaryDirectory() as out:
+        code = _DUMP_LOG.format(dev=str(device_dir()), img=str(img), out=out)
+        r = subprocess.run([find_micropython(), "-c", code], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"reading the log off {img} failed:\n{r.stdout}{r.stderr}")
+        return {int(p.stem, 16): p.read_bytes() for p in Path(out).glob("*.seg")}
