@@ -267,3 +267,13 @@ def test_a_config_set_while_stimulating_waits_in_ram_and_is_saved_when_the_outpu
         assert got["config"]["setpoint_ua"] == 80 and got["pending"] is None
     r = mpremote(board.port, "fs", "cat", ":config.json")
     assert json.loads(r.stdout.strip().splitlines()[-1])["setpoint_ua"] == 80
+
+
+def test_a_board_left_at_the_repl_by_mpremote_is_restarted_into_the_firmware(board):
+    """After `mpremote fs ls` the board sits at its REPL; the next microstim command
+    soft-resets it into the firmware (which stays idle) instead of failing."""
+    r = mpremote(board.port, "fs", "ls", ":")
+    assert r.returncode == 0 and "main.py" in r.stdout
+    out = json.loads(ok(ms("status", "--json", port=board.port)))
+    assert out["state"] == "idle"
+    assert 5 in [cause for cause, _ in board.supervisor.resets]  # a soft reset brought it back

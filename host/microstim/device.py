@@ -191,6 +191,12 @@ class Device:
         info = self.hello()
         if info is None:
             info = self.hello(timeout=2.0)  # a board busy booting answers late
+        if info is None and need_app and self._at_repl():
+            # Left at the REPL (mpremote, a Ctrl-C, the firmware stopped by an error):
+            # a soft reset runs boot.py and main.py again. The output stays off: the
+            # firmware never stimulates after a reset without a user action.
+            self.restart_firmware()
+            info = self.hello(timeout=5.0)
         if info is None:
             if need_app:
                 raise DeviceError(f"{self.port}: the microstim firmware is not answering; "
@@ -198,6 +204,23 @@ class Device:
                                   "blank board)")
             info = self.agent()
         return info
+
+    def _at_repl(self) -> bool:
+        """Whether what the board said (to our hello) looks like a MicroPython REPL."""
+        said = b"\n".join(self.other[-10:]) + bytes(self.buf)
+        return any(k in said for k in (b">>> ", b"raw REPL", b"SyntaxError", b"NameError", b"\x04>"))
+
+    def restart_firmware(self) -> None:
+        """Ctrl-C, Ctrl-B (the friendly REPL, where Ctrl-D runs main.py after the
+        reset), Ctrl-D: a soft reset into the firmware."""
+        self.ser.write(b"\r\x03\x03")
+        time.sleep(0.1)
+        self.ser.write(b"\x02")
+        time.sleep(0.1)
+        self.ser.write(b"\x04")
+        time.sleep(0.2)
+        self.ser.reset_input_buffer()
+        self.buf.clear()
 
     def agent(self) -> dict:
         """Interrupt whatever runs, enter the raw REPL and run the protocol module there."""
