@@ -86,7 +86,8 @@ RESERVE_BLOCKS = 5
 _QUEUE_BYTES = const(8192)  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
 QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
 _CHUNK = const(512)  # what a session adds to the queue, a chunk at a time
-_KEEP_FREE = const(6144)  # heap reserve() leaves for the session's own allocations
+_KEEP_FREE = const(4096)  # heap reserve() leaves for the session's own allocations...
+_HEADROOM = const(1024)  # ... with at least one piece this big
 _CHUNK_SLACK = const(64)  # unused tail a chunk is left with, on average (half a summary record)
 _QUEUE_PER_S = const(6)  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
@@ -486,6 +487,16 @@ class LogStore:
             self._chunks.append(c)
             self._fill.append(0)
             have += _CHUNK
+        # The session allocates too (starting the output, a pause): the holes the chunks
+        # took must leave one piece of _HEADROOM, or the newest chunks go back.
+        while len(self._chunks) > self._ci + 1:
+            try:
+                bytearray(_HEADROOM)
+                break
+            except MemoryError:
+                self._chunks.pop()
+                self._fill.pop()
+                have -= _CHUNK
         return have
 
     def release(self):
