@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import mpremote
-
 from microstim import build
 from microstim.device import Device, RequestError, escape
 

@@ -10,8 +10,8 @@ of them arrived intact: a host that disappears mid-deploy leaves the old firmwar
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import build
 from .device import Device, RequestError, escape
