@@ -155,6 +155,28 @@ def report(eng, now):
             emit(name, value=value, t_ms=now)
 
 
+# Host operations served by App itself (op_<name>); the rare ones are msfw.appops's.
+_LIVE_OPS = const(("status", "start", "stop", "clear_fault", "intensity", "telemetry"))
+
+
+class _Ops:
+    """The application's protocol operations for proto.Server, found when asked for."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def get(self, name):
+        if name in _LIVE_OPS:
+            return getattr(self.app, "op_" + name)
+        if name in _RARE_OPS:
+            app = self.app
+            return lambda req: getattr(_ops(), "op_" + name)(app, req)
+        return None
+
+    def __iter__(self):
+        return iter(_LIVE_OPS + _RARE_OPS)
+
+
 _FAULT_HISTORY = const(16)
 RUNNING = (E.S_RAMP, E.S_STIM, E.S_PAUSED)
 
@@ -218,19 +240,9 @@ class App:
             emit("proto_off", message=repr(e))
             return
         proto.cleanup()
-        ops = {}
-        for name in ("status", "start", "stop", "clear_fault", "intensity", "telemetry"):
-            ops[name] = getattr(self, "op_" + name)
-        for name in _RARE_OPS:
-            ops[name] = self._rare(name)
-        self.server = proto.Server(self.link, self.hello_info, ops,
+        self.server = proto.Server(self.link, self.hello_info, _Ops(self),
                                    bulk_ok=lambda: self.eng.state not in RUNNING)
 
-    def _rare(self, name):
-        def call(req):
-            return getattr(_ops(), "op_" + name)(self, req)
-
-        return call
 
     def prepare_session(self):
         """Before a start, with the output still off: free what a running session does not

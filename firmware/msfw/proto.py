@@ -38,6 +38,7 @@ _PROTO_VERSION = const(1)
 # needs them (they are refused while the output is on), so they take no heap until a host
 # transfers files. The deploy agent is this module's source followed by protofs's.
 _FS_OPS = const(("fs_list", "fs_put", "fs_data", "fs_end", "fs_commit", "fs_abort", "fs_get", "fs_rm"))
+_BASE_OPS = const(("hello", "reset", "bye"))
 _MAX_LINE = const(512)  # bytes in one request line (the longest real one is ~200)
 _LINE_TIMEOUT_MS = const(1000)  # a partial line older than this is dropped (host went away)
 _BIN_TIMEOUT_MS = const(2000)  # bulk bytes must keep coming at least this often
@@ -202,11 +203,8 @@ class Server:
         self.up = None  # the upload in progress: [path, file, size, sha256, received]
         self.pending = []  # uploaded files waiting for fs_commit
         self.done = False
-        self.ops = {"hello": self.op_hello, "reset": self.op_reset, "bye": self.op_bye}
-        for name in _FS_OPS:
-            self.ops[name] = self._fs(name)
-        if ops:
-            self.ops.update(ops)
+        # Looked up per request, not kept as a table of bound methods: the heap is small.
+        self.ops = ops  # the application's: .get(name) -> callable or None, iterable names
 
     # ---- dispatch --------------------------------------------------------------------
     def handle(self, line):
@@ -225,9 +223,10 @@ class Server:
                 rid = None
                 raise Error("bad_request", "id: an integer is required", {"field": "id"})
             op = req.get("op")
-            fn = self.ops.get(op) if isinstance(op, str) else None
+            fn = self._op(op) if isinstance(op, str) else None
             if fn is None:
-                raise Error("unknown_op", "op %r is not one of %s" % (op, ", ".join(sorted(self.ops))),
+                names = list(_BASE_OPS) + list(_FS_OPS) + list(self.ops or ())
+                raise Error("unknown_op", "op %r is not one of %s" % (op, ", ".join(sorted(names))),
                             {"field": "op", "value": op})
             result = fn(req)
             resp = {"id": rid, "ok": True, "result": result if result is not None else {}}
@@ -246,6 +245,13 @@ class Server:
         except Exception as e:  # noqa: BLE001 - a bug must not kill the device's loop
             self.link.write_line({"id": rid, "ok": False,
                                   "error": {"code": "internal", "message": repr(e)}})
+
+    def _op(self, op):
+        if op in _BASE_OPS:
+            return getattr(self, "op_" + op)
+        if op in _FS_OPS:
+            return self._fs(op)
+        return self.ops.get(op) if self.ops is not None else None
 
     def _fs(self, name):
         def call(req):
