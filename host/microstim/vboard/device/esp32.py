@@ -6,6 +6,10 @@
 import _vworld
 from _vworld import release, restore
 
+# Static levels are immutable: one object each, made at import (before the firmware's heap
+# is set aside), so a pin write allocates nothing in it, as on a board.
+_STATIC = (_vworld.Static(0), _vworld.Static(1))
+
 _SOURCE_HZ = 80000000
 _MEM_SYMBOLS = 64  # SOC_RMT_MEM_WORDS_PER_CHANNEL on the ESP32
 
@@ -120,7 +124,7 @@ class RMT:
         d = release()
         try:
             w = _vworld.world()
-            w.set_output(self._pin, _vworld.Static(self._idle))
+            w.set_output(self._pin, _STATIC[1 if self._idle else 0])
             self._wave = None
         finally:
             restore(d)

@@ -6,6 +6,10 @@
 import _vworld
 from _vworld import release, restore
 
+# Static levels are immutable: one object each, made at import (before the firmware's heap
+# is set aside), so a pin write allocates nothing in it, as on a board.
+_STATIC = (_vworld.Static(0), _vworld.Static(1))
+
 PWRON_RESET = _vworld.PWRON_RESET
 HARD_RESET = _vworld.HARD_RESET
 WDT_RESET = _vworld.WDT_RESET
@@ -69,12 +73,12 @@ class Pin:
                     if self._id in _INPUT_ONLY.get(_chip(), ()):
                         raise ValueError("pin can only be input")
                     lvl = value if value is not None else w.output_level(self._id) or 0
-                    w.set_output(self._id, _vworld.Static(1 if lvl else 0))
+                    w.set_output(self._id, _STATIC[1 if lvl else 0])
                 else:
                     w.release_output(self._id)
                 self._mode = mode
             elif value is not None and self._mode in (Pin.OUT, Pin.OPEN_DRAIN):
-                w.set_output(self._id, _vworld.Static(1 if value else 0))
+                w.set_output(self._id, _STATIC[1 if value else 0])
         finally:
             restore(d)
 
@@ -88,7 +92,7 @@ class Pin:
                 src = w.out.get(self._id)
                 lvl = 1 if v else 0
                 if src is None or src.kind != "static" or src.level != lvl:
-                    w.set_output(self._id, _vworld.Static(lvl))
+                    w.set_output(self._id, _STATIC[lvl])
             return None
         finally:
             restore(d)
@@ -189,7 +193,7 @@ class PWM:
     def deinit(self):
         d = release()
         try:
-            _w().set_output(self._id, _vworld.Static(0))
+            _w().set_output(self._id, _STATIC[0])
         finally:
             restore(d)
         self._active = False
