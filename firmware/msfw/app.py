@@ -109,10 +109,20 @@ def _ops():
     return appops
 
 
-def _late_imports():
+def _late_imports(keep):
     """Imports the log and the protocol; returns the (unopened) log, made before the
-    protocol's code so its buffers find room in a heap not yet cut up (None: no heap)."""
+    protocol's code so its buffers find room in a heap not yet cut up (None: no heap).
+
+    Code loads as many small blocks, which fit the holes boot leaves; a session's log
+    queue wants pieces of a kilobyte or more. So `keep` bytes are held in one piece while
+    the code loads, and let go after: the next session's queue finds them whole."""
     global logstore, proto
+    hold = None
+    while keep >= 1024 and hold is None:
+        try:
+            hold = bytearray(keep)
+        except MemoryError:
+            keep -= 1024
     from msfw import logstore as _ls
 
     logstore = _ls
@@ -124,6 +134,7 @@ def _late_imports():
     from msfw import proto as _pr
 
     proto = _pr
+    del hold
     return log
 
 
@@ -193,7 +204,7 @@ class App:
         self.pending_cfg = None  # a config set while a session runs, used once it ends
         self.eng = self.engine(self.cfg)
         trim()
-        self.log = _late_imports()
+        self.log = _late_imports(self.eng.duration_ms // 1000 * 6 + 1024)
         self.faults = []  # [name, value, uptime_ms], newest last
         self.tel_hz = 0
         self.tel_next = 0

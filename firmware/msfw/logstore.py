@@ -85,9 +85,11 @@ BUDGET_BYTES = 512 * 1024
 RESERVE_BLOCKS = 5
 _QUEUE_BYTES = const(8192)  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
 QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
-_CHUNK = const(512)  # what a session adds to the queue, a chunk at a time
+# What a session adds to the queue, a chunk at a time: the largest that fit, down to a
+# whole largest record (header + block header + a full block + checksum: 11 + 11 + 255).
+_CHUNK_SIZES = const((2048, 1024, 512, 384, 288))
 _KEEP_FREE = const(4096)  # heap reserve() leaves for the session's own allocations...
-_HEADROOM = const(1024)  # ... with at least one piece this big
+_HEADROOM = const(512)  # ... with at least one piece this big
 _CHUNK_SLACK = const(64)  # unused tail a chunk is left with, on average (half a summary record)
 _QUEUE_PER_S = const(6)  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
@@ -467,26 +469,29 @@ class LogStore:
     # ---- flushing (slow path: only while the output is off) --------------------------
     def reserve(self, seconds):
         """Before a session (slow path): grow the RAM queue to hold `seconds` of
-        summaries, in chunks of _CHUNK bytes. The heap may not have room for all: it
+        summaries, in chunks of _CHUNK_SIZES bytes. The heap may not have room for all: it
         then takes what it gets (records beyond it are counted as dropped, and logged as
         an overflow). Returns the queue's capacity in bytes."""
         want = QUEUE_IDLE + seconds * _QUEUE_PER_S
         if want > _QUEUE_BYTES:
             want = _QUEUE_BYTES
         # A record never spans chunks: allow for the tail each chunk may leave unused.
-        want += (want // _CHUNK + 1) * _CHUNK_SLACK
+        want += (want // 512 + 1) * _CHUNK_SLACK
         have = self.capacity()
-        while have < want:
-            # Never the heap's last kilobytes: starting the output allocates too.
-            if _mem_free() < _CHUNK + _KEEP_FREE:
-                break
-            try:
-                c = bytearray(_CHUNK)
-            except MemoryError:
-                break
-            self._chunks.append(c)
-            self._fill.append(0)
-            have += _CHUNK
+        # Largest pieces first; then the holes boot left, down to the size of the largest
+        # record (a record never spans chunks).
+        for size in _CHUNK_SIZES:
+            while have < want:
+                # Never the heap's last kilobytes: starting the output allocates too.
+                if _mem_free() < size + _KEEP_FREE:
+                    break
+                try:
+                    c = bytearray(size)
+                except MemoryError:
+                    break
+                self._chunks.append(c)
+                self._fill.append(0)
+                have += size
         # The session allocates too (starting the output, a pause): the holes the chunks
         # took must leave one piece of _HEADROOM, or the newest chunks go back.
         while len(self._chunks) > self._ci + 1:
@@ -494,9 +499,8 @@ class LogStore:
                 bytearray(_HEADROOM)
                 break
             except MemoryError:
-                self._chunks.pop()
+                have -= len(self._chunks.pop())
                 self._fill.pop()
-                have -= _CHUNK
         return have
 
     def release(self):
