@@ -365,6 +365,9 @@ def report_cycles(runs, n_planned, rounds, seed, setpoint=200):
 
 # ---- 4. short circuit and DAC stuck high ------------------------------------------------------
 
+FAULT_PROGRAMS = ("steady", "lift", "tone", "fine", "pulse3")
+
+
 def jobs_faults(n, seed):
     rng = np.random.default_rng([seed, 4])
     jobs = []
@@ -373,7 +376,11 @@ def jobs_faults(n, seed):
         for k in range(n):
             onset = round(float(rng.uniform(2.0, 7.0)), 6)
             sp = sps[k % len(sps)]
-            jobs.append({"key": (kind, k), "config": {"setpoint_ua": sp}, "stop_s": round(onset + 1.5, 6),
+            # Shorts in every program (lift: in the recovery phase, the soft start or a
+            # 600 ms phase, by the onset); a stuck DAC in steady.
+            prog = FAULT_PROGRAMS[k % len(FAULT_PROGRAMS)] if kind == "short" else "steady"
+            jobs.append({"key": (kind, k), "config": {"setpoint_ua": sp, "program": prog},
+                         "stop_s": round(onset + 1.5, 6),
                          "events": [{"at_s": onset, "event": kind}], "sim": {"seed": seed + 2000 + k},
                          "onset": onset})
     return jobs
@@ -382,7 +389,7 @@ def jobs_faults(n, seed):
 def report_faults(res, n):
     print(f"\n4. Faults: output-on time (phases commanded above 20 uA) after the onset, limit "
           f"{FAULT_ON_LIMIT_MS:g} ms; default skin load; onset uniform in 2..7 s (ramp and steady)")
-    print(f"   {'fault':>9} {'setpoint uA':>11} {'onset s':>8} {'on after ms':>11} {'peak after uA':>13} "
+    print(f"   {'fault':>9} {'program':>8} {'setpoint uA':>11} {'onset s':>8} {'on after ms':>11} {'peak after uA':>13} "
           f"{'reported':>13} {'console t-onset ms':>18} {'meets':>5}")
     ok_all = True
     worst = {}
@@ -401,7 +408,10 @@ def report_faults(res, n):
             ok = on <= FAULT_ON_LIMIT_MS and got == want
             ok_all &= ok
             worst[kind] = max(worst.get(kind, 0.0), on)
-            print(f"   {kind:>9} {sp:>11g} {onset:>8.3f} {on:>11.2f} {peak:>13.1f} {got:>13} {lat:>18.1f} "
+            prog = rr["job"]["config"]["program"]
+            if kind == "short":
+                worst["short " + prog] = max(worst.get("short " + prog, 0.0), on)
+            print(f"   {kind:>9} {prog:>8} {sp:>11g} {onset:>8.3f} {on:>11.2f} {peak:>13.1f} {got:>13} {lat:>18.1f} "
                   f"{'yes' if ok else 'NO':>5}")
     print("   worst on-time: " + ", ".join(f"{k} {v:.2f} ms" for k, v in worst.items()))
     return ok_all
@@ -496,7 +506,7 @@ def report_calibration(cal, res, setpoints, loads):
     print(f"\n6. Calibration (issue 6): the device's own routine (msfw/calib.py) against a "
           f"{R_REF_OHM / 1e3:g} kohm reference resistor across the probes")
     print(f"   (a resistive load event in the simulator); {cal['wall_s']:.1f} s wall; the reference for "
-          "the current is the load-voltage channel through the divider")
+          "the current is the electrode sense (AIN2 - AIN3 through the two 16:1 dividers): V / R_ref")
     print(f"   {'quantity':<34} {'nominal':>10} {'calibrated':>10} {'as built':>10} {'cal/built-1 %':>13}")
     rows = [
         ("DAC line: uA per (12-bit) code", nominal, r["dac_ua_per_code"], built),
@@ -511,8 +521,10 @@ def report_calibration(cal, res, setpoints, loads):
     sc = cal["self_check"]
     print(f"   boot self-check: ok={sc['ok']}, ADC zero {sc['adc_zero_uv'][0]:.0f} / {sc['adc_zero_uv'][1]:.0f} uV "
           f"(shunt / load; limit 500), DAC zero {sc['dac_zero_ua']:.2f} uA (limit 5)")
-    print(f"   residual: the load divider is built {100 * err['divider']:+.1f} % off nominal and is the reference: "
-          "the calibrated current follows it (a 0.1 % divider and reference resistor are the fix)")
+    mean_div = (err["divider_a"] + err["divider_b"]) / 2
+    print(f"   residual: the sense dividers are built {100 * err['divider_a']:+.2f} % (A) and "
+          f"{100 * err['divider_b']:+.2f} % (B) off nominal (0.1 % parts); the reference is their mean, "
+          f"{100 * mean_div:+.3f} %, and the calibrated current follows it")
     print("\n   delivered-current error, % of setpoint, before -> after calibration (steady program, "
           "resistive load, mean over 6..9 s)")
     print("   before: uncalibrated (nominal parts), which runs at 50 % of the ceiling: setpoints above "
@@ -548,7 +560,7 @@ def main() -> int:
         n_sessions = 4
     else:
         setpoints, loads = (20, 50, 100, 200, 400), (1_000, 5_000, 10_000, 20_000, 40_000)
-        ov_setpoints, n_faults, charge_s = (50, 100, 200, 400), 10, 60.0
+        ov_setpoints, n_faults, charge_s = (50, 100, 200, 400), 20, 60.0
         n_cycles = args.cycles or 1000
         n_sessions = 20
     n_sessions = max(1, min(n_sessions, n_cycles))

@@ -1,7 +1,8 @@
 """The DC-blocking capacitor (CBLOCK, 100 uF in series with electrode A) against the
-safety checks (issue 3). The load reading is the TOP node, I x Z plus the capacitor's
-voltage; the firmware tracks that voltage from the charge it delivered, drains what cut
-periods leave before it resumes, and centres the swing, so:
+safety checks (issue 3). The load is read at the electrodes, after the capacitor
+(AIN2 - AIN3), so its voltage is in no short or contact decision; the firmware still
+tracks its charge, drains what cut periods leave before it resumes, and centres the swing
+(which keeps the compliance it takes to half a phase's I x t / C), so:
 
 - a lift is never taken for a short (the residual charge of cut phases used to latch one);
 - the slow `lift` program runs into 500 ohm .. 2 kohm at 400 uA, where the capacitor moves
@@ -162,9 +163,8 @@ def test_short_with_the_capacitor_charged_is_off_within_5ms(tmp_path):
 def test_short_right_after_a_cut_phase_is_off_within_5ms(tmp_path):
     # A lift cuts a + phase half-way (the capacitor keeps its charge); re-contact; the
     # engine drains that charge, centres the swing and soft-starts (by about 6.6 s); the
-    # short comes on either polarity after that. (Early in a soft start the capacitor,
-    # centred for the full level, can aid a 13..40 uA current by more than 300 ohm x i:
-    # a short there is seen only once the level has risen; see benchmarks/RESULTS.md.)
+    # short comes on either polarity after that. (Shorts in the soft start and in lift's
+    # long phases: tests/test_electrode_sense.py.)
     pre_events = [{"at_s": 4.04, "event": "lift"}, {"at_s": 4.3, "event": "contact"}]
     for k, onset in enumerate([6.70, 6.735, 6.76, 6.785]):
         tr, console = run(tmp_path / f"c{k}", [*pre_events, {"at_s": onset, "event": "short"}],

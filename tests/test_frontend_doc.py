@@ -51,6 +51,9 @@ def test_every_board_declares_what_the_circuit_gives(board):
     assert g["shunt_ohm"] == fe["shunt_ohm"]
     assert g["dc_block_uf"] == fe["dc_block_uf"]
     assert _close(g["load_divider"], fe["load_divider"], 0.005)
+    assert g["load_divider_b"] == g["load_divider"]  # the two electrode senses match
+    # The load is sensed at the electrodes, differentially: AIN<load_channel> - AIN3.
+    assert fe["adc"]["load_sense"] == "differential" and fe["adc"]["load_channel"] == 2
     assert _close(g["fast_load_divider"], fe["fast_load_divider"], 0.005)
     assert g["dac_vref_v"] == fe["dac_vref_v"]
     # Declared compliance is what is left of the rail at the ceiling, with some margin.
@@ -70,7 +73,9 @@ def test_the_virtual_boards_analog_model_runs_on_these_values():
     model = _vworld.FrontEnd(fe, {})  # as designed: no component errors
     g = S.derived()
     assert model.shunt_ohm == g["shunt_ohm"]
-    assert _close(model.divider, g["load_divider"], 0.005)
+    assert _close(model.divider_a, g["load_divider"], 0.005)
+    assert _close(model.divider_b, g["load_divider_b"], 0.005)
+    assert _vworld.V_BIAS == pytest.approx(g["vbias_v"], abs=0.001)
     assert _close(model.fast_divider, g["fast_load_divider"], 0.005)
     assert model.c_block_f == pytest.approx(g["dc_block_uf"] * 1e-6)
     assert _close(model.hw_limit_ua, g["hw_current_limit_ua"], 0.01)
@@ -89,7 +94,25 @@ def test_readme_states_the_as_built_errors_of_sim_json():
     assert f"source gain +{errors['source_gain'] * 100:g} %" in README
     assert f"source offset −{-errors['source_offset_ua']:g} µA" in README
     assert f"shunt +{errors['shunt'] * 100:g} %" in README
-    assert f"divider −{-errors['divider'] * 100:g} %" in README
+    assert f"sense dividers A −{-errors['divider_a'] * 100:g} % and B +{errors['divider_b'] * 100:g} %" in README
+    # ...and within what the BOM's 0.1 % parts allow for a ratio (2 x 0.1 % x 15/16).
+    assert abs(errors["divider_a"]) <= 0.0019 and abs(errors["divider_b"]) <= 0.0019
+
+
+def test_electrode_sense_fits_the_ads1115_inputs():
+    # Every node voltage the electrodes can take (from CBLOCK's full swing below ground to
+    # above the rail) maps inside GND .. VDD at AIN2 / AIN3, and the compliance threshold
+    # (90 % of compliance_v) is inside the +-2.048 V range the firmware reads it with.
+    g = S.derived()
+    k = g["load_divider"]
+    vb = g["vbias_v"]
+    for node_v in (-2.4 - 0.3, g["rail_v"] + 2.4):
+        ain = vb + (node_v - vb) / k
+        assert 0.05 < ain < S.DAC_VREF_V - 0.05, (node_v, ain)
+    fe = _fe("virtual")
+    assert 0.9 * fe["compliance_v"] / k < 2.048
+    for line in ("AIN2 − AIN3", "MUX 011", "±2.048 V", "±0.256 V", "VBIAS"):
+        assert line in README, line
 
 
 def _table(heading):
@@ -138,7 +161,7 @@ def test_bom_has_every_value_with_a_manufacturer_part_number():
         assert r["manufacturer"].strip() and r["mpn"].strip(), r
         assert int(r["qty"]) >= 1
     # The parts the text names are the parts in the BOM.
-    for mpn in ("OPA4192IPWR", "LM234Z-3/NOPB", "ADG5436FBRUZ", "ADS1115IDGSR", "MCP4725A0T-E/CH",
+    for mpn in ("OPA4192IPWR", "OPA2192IDGKR", "LM234Z-3/NOPB", "ADG5436FBRUZ", "ADS1115IDGSR", "MCP4725A0T-E/CH",
                 "TPS61170DRVR", "UES1H101MHM"):
         assert any(r["mpn"] == mpn for r in rows), mpn
     for name in ("OPA4192", "LM234-3", "ADG5436F", "ADS1115", "MCP4725", "TPS61170"):
@@ -162,7 +185,8 @@ def test_schematic_svg_is_drawn_from_schematic_py(tmp_path):
     S.draw(out)
     committed = (FRONTEND / "schematic.svg").read_text()
     assert out.read_text() == committed, "stale: run python boards/frontend/schematic.py"
-    for label in ("RSHUNT", "LM234-3", "CBLOCK", "ADG5436F", "R3", "electrode A"):
+    for label in ("RSHUNT", "LM234-3", "CBLOCK", "ADG5436F", "R3", "electrode A", "RSA1", "RSB1",
+                  "AIN2", "AIN3", "VBIAS"):
         assert label in committed, label
 
 

@@ -30,8 +30,15 @@ VALUES = {
     "RSET": (84.5, "ohm", "LM234 hardware current limit: 67.7 mV / RSET at 25 C"),
     "RSHUNT": (1.00e3, "ohm", "current shunt into ADS1115 AIN0"),
     "CBLOCK": (100e-6, "F", "DC-blocking capacitor, bipolar (non-polar), 50 V"),
-    "RDIV1": (10.0e6, "ohm", "load-voltage divider top (to ADS1115 AIN1)"),
-    "RDIV2": (1.00e6, "ohm", "load-voltage divider bottom (AIN1)"),
+    # Electrode sense, after CBLOCK: one divider per electrode node to VBIAS, 0.1 %, buffered
+    # (U7) into AIN2 / AIN3; the firmware reads AIN2 - AIN3.
+    "RSA1": (1.50e6, "ohm", "electrode A sense divider top (to AIN2 through U7A)"),
+    "RSA2": (100e3, "ohm", "electrode A sense divider bottom (to VBIAS)"),
+    "RSB1": (1.50e6, "ohm", "electrode B sense divider top (to AIN3 through U7B)"),
+    "RSB2": (100e3, "ohm", "electrode B sense divider bottom (to VBIAS)"),
+    "RB1": (90.9e3, "ohm", "VBIAS divider top (from 3.3 V)"),
+    "RB2": (10.0e3, "ohm", "VBIAS divider bottom; U1C buffers VBIAS"),
+    "CB": (100e-9, "F", "VBIAS decoupling"),
     "RDIV3": (6.98e6, "ohm", "fast load-voltage divider top (to VLOAD_FAST)"),
     "RDIV4": (499e3, "ohm", "fast load-voltage divider bottom (VLOAD_FAST)"),
     "RFB1": (267e3, "ohm", "boost feedback top"),
@@ -76,7 +83,9 @@ def derived() -> dict:
         * (1 + LM234_TEMPCO_PER_C * (HOT_C - 25)) * 1e6,
         "shunt_ohm": v("RSHUNT"),
         "dc_block_uf": v("CBLOCK") * 1e6,
-        "load_divider": (v("RDIV1") + v("RDIV2")) / v("RDIV2"),
+        "load_divider": (v("RSA1") + v("RSA2")) / v("RSA2"),
+        "load_divider_b": (v("RSB1") + v("RSB2")) / v("RSB2"),
+        "vbias_v": DAC_VREF_V * v("RB2") / (v("RB1") + v("RB2")),
         "fast_load_divider": (v("RDIV3") + v("RDIV4")) / v("RDIV4"),
         "rail_v": rail,
         "compliance_at_ceiling_v": rail - drops,
@@ -150,8 +159,9 @@ def wiring_table(board: str) -> str:
         addr = (spec["frontend"].get("dac") or {}).get("address", 0x60)
         lines.append(f"| (I2C 0x{addr:02X}) | MCP4725 | U5 VOUT → R4 (1.00 kΩ) → C1 → U1A + input; "
                      "U5 on SDA/SCL with the ADS1115, VDD 3.3 V |")
-    lines += ["", "Also: 3V3 → U4 VDD (and U5), GND → front-end ground (one star point at "
-              "RSHUNT), VBAT → U6 VIN."]
+    lines += ["", "Also: 3V3 → U4 VDD (and U5) and RB1 (VBIAS), GND → front-end ground (one star point "
+              "at RSHUNT), VBAT → U6 VIN. On the front end itself: U4 AIN0 ← RSHUNT, AIN2 ← U7A (electrode A "
+              "sense), AIN3 ← U7B (electrode B sense), AIN1 to GND."]
     return "\n".join(lines)
 
 
@@ -234,15 +244,7 @@ def draw(path: Path = HERE / "schematic.svg") -> str:
             f"U2 LM234-3\nRSET {fv('RSET')}\n≤ {g['hw_current_limit_worst_ua'] / 1000:.2f} mA", loc="bottom", ofst=0.2)
         d += (top := elm.Dot().at((16, 6.8)).label("TOP", loc="left"))
 
-        # Load-voltage monitor: RDIV1/RDIV2 (÷11) buffered by U1C into ADS1115 AIN1.
         d += elm.Line().at(top.center).to((22, 6.8))
-        d += elm.Resistor().down().at((18.5, 6.8)).label(f"RDIV1\n{fv('RDIV1')}", loc="bottom")
-        d += (dv := elm.Dot())
-        d += elm.Resistor().down().label(f"RDIV2\n{fv('RDIV2')}", loc="bottom")
-        d += elm.Ground()
-        d += elm.Dot().at((18.5, 6.8))
-        d += elm.Line().at(dv.center).left().length(1.0)
-        d += elm.Dot(open=True).label("U1C buffer\n→ AIN1 (÷11)", loc="left")
 
         # Polarity: U3 ADG5436F, two SPDT switches; EN = STIM_EN, IN1 = IN2 = STIM_POL.
         d += (sa := elm.SwitchSpdt2(action="close").left().anchor("a").at((25, 6.4)).label("U3a", loc="bottom"))
@@ -265,6 +267,19 @@ def draw(path: Path = HERE / "schematic.svg") -> str:
         d += (eb := elm.Dot(open=True).label("electrode B", loc="bottom"))
         d += elm.Resistor().at(ea.center).to(eb.center).label("skin\n+ gel", loc="top", ofst=0.15)
 
+        # Electrode sense after CBLOCK: each node through its divider to VBIAS, buffered
+        # into the ADS1115; the firmware reads AIN2 - AIN3 (MUX 011), the voltage across
+        # the probes with its sign.
+        for node, y, top_r, bot_r, buf, ain in ((ea, 6.4, "RSA1", "RSA2", "U7A", "AIN2"),
+                                                (eb, 3.4, "RSB1", "RSB2", "U7B", "AIN3")):
+            d += elm.Line().at(node.center).to((30, y))
+            d += elm.Resistor().right().label(f"{top_r}\n{fv(top_r)}", loc="top")
+            d += (tap := elm.Dot())
+            d += elm.Resistor().right().label(f"{bot_r}\n{fv(bot_r)}", loc="top")
+            d += elm.Dot(open=True).label("VBIAS", loc="right")
+            d += elm.Line().at(tap.center).down().length(0.8)
+            d += elm.Dot(open=True).label(f"{buf} → {ain} (÷{g['load_divider']:.0f})", loc="bottom")
+
         # Return: BOTTOM through the shunt; AIN0 reads I x RSHUNT.
         d += (bot := elm.Dot().at((23, 1.0)).label("BOTTOM", loc="right"))
         d += elm.Resistor().down().at(bot.center).label(f"RSHUNT\n{fv('RSHUNT')}", loc="bottom")
@@ -277,6 +292,11 @@ def draw(path: Path = HERE / "schematic.svg") -> str:
             f"({g['full_scale_ua']:.0f} µA at 3.3 V).  U1 = OPA4192 (36 V, rail-to-rail in/out) on the "
             f"+34 V rail; U1D buffers RDIV3/RDIV4 ({fv('RDIV3')}/{fv('RDIV4')}, ÷15) to VLOAD_FAST. "
             f"STIM_EN has REN {fv('REN')} to GND.", loc="right", halign="left", fontsize=9)
+        d += elm.Label().at((0.0, -3.0)).label(
+            f"VBIAS = 3.3 V × RB2 / (RB1 + RB2) ({fv('RB1')} / {fv('RB2')}, CB {fv('CB')}) = "
+            f"{g['vbias_v']:.3f} V, buffered by U1C.  U7 = OPA2192 on the +34 V rail; its outputs reach AIN2 / "
+            f"AIN3 through RPROT 1.00 kΩ with BAT54S clamps.  AIN1 is grounded.", loc="right", halign="left",
+            fontsize=9)
         svg = d.get_imagedata("svg")
     svg = svg.decode() if isinstance(svg, bytes) else svg
     path.write_text(svg)

@@ -511,22 +511,25 @@ class Engine:
 
     def wait_us(self, now_us):
         """How long the app may sleep: until the pending conversion is due; 200 us while
-        a phase is on and the ADC idle (its first conversion starts early in the phase; 100 us in
-        a dense train);
-        else 1 ms. A software-timed program also wakes at its next edge, so both edges of
-        every phase land equally late and the + and - phases last the same."""
+        a phase is on and the ADC idle (its first conversion starts early in the phase); 100 us
+        in a dense train; else 1 ms; and never past the pattern's next edge (sync trains): a phase's first
+        conversion starts as early in it as the margin allows (a short early in a 5 ms phase
+        is then seen in that phase), and a software-timed program switches on time, so both
+        edges of every phase land equally late and the + and - phases last the same."""
         samp = self.sampler
         tl = self.tl
         w = 1000
-        if samp.busy:
+        if samp.dense:
+            # A dense train's load waits for a window with one polarity in it, and its
+            # short rests (where the DAC may change) must not be slept through.
+            w = 100
+        elif samp.busy:
             left = samp.CONV_WAIT_US - self.hw.ticks_diff(now_us, samp.t_start)
             if left < 1000:
                 w = left if left > 50 else 50
-        elif samp.dense:
-            w = 100  # a dense train's load waits for a window centred on a phase (+-100 us)
         elif tl is not None and tl.sign_at(tl.pos(now_us)) != 0:
             w = 200
-        if self.software and tl is not None:
+        if tl is not None and not samp.dense:
             e = tl.to_edge(tl.pos(now_us))
             if e < w:
                 w = e if e > 0 else 1

@@ -193,6 +193,7 @@ class Sampler:
         self.v_mv = 0  # load voltage during a phase (mV), in the phase's direction: < 0 opposes it
         self.v_z = True  # and whether it is good for judging the impedance
         self.z_next = True
+        self.twice = False
         self.fresh = CH_NONE  # which channel the last poll() completed
         self.done_pos = 0  # where in the pattern the completed conversion started (us)
         self.stuck_us = 0  # how long a conversion has been overdue
@@ -274,7 +275,12 @@ class Sampler:
             if ch == CH_LOAD:
                 sf = tl.on_q10(pos, _CONV_US, True)
                 if -_DENSE_LOAD_Q10 < sf < _DENSE_LOAD_Q10:
-                    ch = CH_SHUNT  # the load waits for a window with one polarity in it
+                    # The load waits for a window with one polarity in it if one begins
+                    # within _POLL_US; otherwise the current is read meanwhile.
+                    sf = tl.on_q10(pos + _POLL_US, _CONV_US, True)
+                    if sf <= -_DENSE_LOAD_Q10 or sf >= _DENSE_LOAD_Q10:
+                        return self.fresh
+                    ch = CH_SHUNT
                 else:
                     sign = 1 if sf > 0 else -1
                     self.z_next = tl.centred(pos) != 0
@@ -304,7 +310,10 @@ class Sampler:
             lo = target_cu <= _LO_MAX_CU
             adc.start(self.load_mux, _PGA_LOAD_LO if lo else _PGA_LOAD)
             self.load_sh = 0 if lo else 3
-            self.next_ch = CH_SHUNT
+            # A dense train reads the load twice (its windows come once a phase, both
+            # polarities in turn), then the current.
+            self.twice = self.dense and not self.twice
+            self.next_ch = CH_LOAD if self.twice else CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
         self.t_start = t

@@ -264,6 +264,7 @@ class BenchWorld:
         self.wave = wave
         self.now_us = 0
         self.noise = noise
+        self.ain_diff_offset_v = 0.0  # the bench ADS1115's own offset is not modelled
         self._rng = np.random.default_rng(seed)
 
     def ain_average(self, ch, t0_us, t1_us):

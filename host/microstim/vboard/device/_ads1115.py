@@ -190,7 +190,7 @@ class ADS1115:
         volts = w.ain_average(pos, start_us, end_us)
         if neg >= 0:
             volts -= w.ain_average(neg, start_us, end_us)
-            volts += w.fe.ain_diff_offset_v
+            volts += w.ain_diff_offset_v
         pga = (config >> 9) & 7
         if w.noise:
             volts += w.gauss() * _NOISE_RMS_UV[pga] * 1e-6

@@ -392,6 +392,7 @@ class World:
 
         fe = board["frontend"]
         self.fe = FrontEnd(fe, sim.get("errors", {}))
+        self.ain_diff_offset_v = self.fe.ain_diff_offset_v  # the ADS1115 model's, differential
         self.gpio_en = self.pins_by_name.get("STIM_EN")
         self.gpio_pol = self.pins_by_name.get("STIM_POL")
         self.gpio_dac = self.pins_by_name.get("DAC_AMP")
