@@ -153,6 +153,7 @@ class Engine:
         self.next_cu = -1  # a lower target waiting for the next rest
         self.rec_t0 = 0
         self.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol)
+        self.rec_tl = None  # the recovery phase's Timeline, made once, reused
 
     def _timing(self, prog):
         from msfw import programs
@@ -301,8 +302,13 @@ class Engine:
             self._main(now_ms)
             return
         us = int(us) if us < _REC_MAX_US else _REC_MAX_US
-        tl = Timeline(((0, us, 1 if err > 0 else -1),), us + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
-        tl.prog = REC_PROG
+        pattern = ((0, us, 1 if err > 0 else -1),)
+        tl = self.rec_tl
+        if tl is None:
+            tl = self.rec_tl = Timeline(pattern, us + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
+            tl.prog = REC_PROG
+        else:
+            tl.set(pattern, us + 20000)
         tl.seq = tl.intervals
         self._run(tl, self.rec_timer)
         self.rec_us = us

@@ -94,9 +94,13 @@ class HardwareTimer:
         self._pol_pin = pol_pin
         self._en = None
         self._pol = None
+        self._pat = None  # (seq, macro_us, patterns): a restart of the same train reuses them
 
     def start(self, seq, macro_us):
-        (en_l, en_d), (pol_l, pol_d) = rmt_patterns(seq, macro_us)
+        pat = self._pat
+        if pat is None or pat[0] is not seq or pat[1] != macro_us:
+            pat = self._pat = (seq, macro_us, rmt_patterns(seq, macro_us))
+        (en_l, en_d), (pol_l, pol_d) = pat[2]
         if len(en_l) > 126 or len(pol_l) > 126:
             raise ProgramError("pattern too long for a looping RMT channel")
         self.stop()

@@ -45,6 +45,13 @@ class Timeline:
     """On-intervals of one macro period in integer µs, from an origin in ticks_us."""
 
     def __init__(self, pulses, macro_us, lead_us, ticks_diff, ticks_add):
+        self._diff = ticks_diff
+        self._add = ticks_add
+        self.set(pulses, macro_us, lead_us)
+
+    def set(self, pulses, macro_us, lead_us=0):
+        """(Re)defines the pattern (the engine reuses one Timeline for every recovery
+        phase: nothing big is allocated while a session runs)."""
         self.macro_us = int(macro_us)
         iv = []
         for start, width, sign in pulses:
@@ -59,8 +66,6 @@ class Timeline:
                 last = b
         self.last_off = last
         self.origin = 0
-        self._diff = ticks_diff
-        self._add = ticks_add
         self.fit_start = 0  # start of the phase the last fits() found
         self.fit_end = 0  # and its end
         # Signed on-time at the pattern's extremes: the DC-blocking capacitor's charge

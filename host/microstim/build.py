@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -71,7 +72,7 @@ def compile_file(py: Path, rel: str) -> bytes:
     if cached.is_file():
         return cached.read_bytes()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # threads too
     # The source name in tracebacks is the file's path on the device (msfw/app.mpy): the
     # same string as the module's __file__, so one qstr, not two, per module for ever.
     source_name = rel[:-3] + ".mpy"
