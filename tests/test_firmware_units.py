@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import ROOT
 from test_hot_path import SETUP
 
@@ -64,3 +65,17 @@ print(len(cues), *cues)
     assert out and out[0] == "4", r.stdout + r.stderr
     gaps = [int(b) - int(a) for a, b in zip(out[1:], out[2:], strict=False)]
     assert all(4990 <= g <= 5010 for g in gaps)
+
+
+def test_a_dense_train_that_never_shows_one_polarity_long_enough_is_refused():
+    """The load voltage (short and contact checks) is read in a dense train only where one
+    polarity fills 3/4 of an ADC window; a train with no such window would run unchecked."""
+    from microstim.api import firmware_module
+
+    P = firmware_module("msfw.programs")
+    base = {"freq_hz": 400, "train_n": 1, "train_on_ms": 0, "train_off_ms": 0}
+    assert P.validate(dict(base, phase_us=880, gap_us=160))["sampling"] == "dense"
+    with pytest.raises(P.ProgramError) as e:
+        P.validate(dict(base, phase_us=870, gap_us=180))  # every window still half on
+    assert "program.phase_us = 870" in str(e.value) and "3/4" in str(e.value)
+    assert P.get("fine")["sampling"] == "dense"  # the library's dense program qualifies

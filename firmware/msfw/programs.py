@@ -16,6 +16,8 @@ _CONVERSION_US = const(1163)  # one ADS1115 conversion at 860 SPS
 _SYNC_PHASE_MIN_US = const(3500)
 # Otherwise every conversion window must be at least this much "on" (dense trains).
 _DENSE_MIN_ON_FRACTION = const(0.5)
+# ... and some window must be this much one polarity: the sampler reads the load there.
+_DENSE_ONE_POLARITY = const(0.75)
 
 PROGRAMS = {
     # Slow "lift" train: long phases switched by the app (below 1 Hz, PWM and RMT cannot).
@@ -64,30 +66,42 @@ def timeline(p):
     return seq, period * 2 * n
 
 
-def min_on_fraction(seq, macro_us, window_us):
-    """Smallest fraction of any window (of this length) during which the output is on."""
-    # The minimum over window positions is reached with a window edge on a pulse edge.
+def _window_fractions(seq, macro_us, window_us):
+    """(smallest on-fraction of any window of this length, largest fraction of a window
+    that one polarity fills). Both extremes are reached with a window edge on a pulse edge."""
     edges = []
     for s, w, _ in seq:
         edges.append(s)
         edges.append(s + w)
     worst = 1.0
+    best_one = 0.0
     for e in edges:
         for start in (e, e - window_us):
-            on = 0.0
+            pos = neg = 0.0
             for k in (-1, 0, 1):
                 base = k * macro_us
-                for s, w, _ in seq:
+                for s, w, sign in seq:
                     a = base + s
                     b = a + w
                     lo = a if a > start else start
                     hi = b if b < start + window_us else start + window_us
                     if hi > lo:
-                        on += hi - lo
-            f = on / window_us
+                        if sign > 0:
+                            pos += hi - lo
+                        else:
+                            neg += hi - lo
+            f = (pos + neg) / window_us
             if f < worst:
                 worst = f
-    return worst
+            one = (pos if pos > neg else neg) / window_us
+            if one > best_one:
+                best_one = one
+    return worst, best_one
+
+
+def min_on_fraction(seq, macro_us, window_us):
+    """Smallest fraction of any window (of this length) during which the output is on."""
+    return _window_fractions(seq, macro_us, window_us)[0]
 
 
 def validate(p):
@@ -120,12 +134,19 @@ def validate(p):
     out["software_timed"] = f < 1.0
     if ph >= _SYNC_PHASE_MIN_US:
         out["sampling"] = "sync"
-    elif min_on_fraction(seq, macro, _CONVERSION_US) >= _DENSE_MIN_ON_FRACTION:
-        out["sampling"] = "dense"
     else:
-        raise ProgramError(
-            "program.phase_us = %s: phases under %d us need a train dense enough that every "
-            "%d us ADC window is at least half on" % (ph, _SYNC_PHASE_MIN_US, _CONVERSION_US))
+        on_min, one_max = _window_fractions(seq, macro, _CONVERSION_US)
+        if on_min < _DENSE_MIN_ON_FRACTION:
+            raise ProgramError(
+                "program.phase_us = %s: phases under %d us need a train dense enough that "
+                "every %d us ADC window is at least half on" % (ph, _SYNC_PHASE_MIN_US, _CONVERSION_US))
+        if one_max < _DENSE_ONE_POLARITY:
+            # The load voltage (the short and contact checks) is read only in such a window.
+            raise ProgramError(
+                "program.phase_us = %s: a dense train must fill some %d us ADC window to 3/4 "
+                "with one polarity, where the load voltage (the short check) is read"
+                % (ph, _CONVERSION_US))
+        out["sampling"] = "dense"
     return out
 
 
