@@ -123,17 +123,25 @@ def _late_imports(keep):
             hold = bytearray(keep)
         except MemoryError:
             keep -= 1024
-    from msfw import logstore as _ls
+    for attempt in (0, 1):
+        try:
+            from msfw import logstore as _ls
 
-    logstore = _ls
-    try:
-        log = _ls.LogStore(queue_bytes=_ls.QUEUE_IDLE)
-    except MemoryError:
-        log = None
-    from msfw import logflash  # noqa: F401 - resident (see LAZY)
-    from msfw import proto as _pr
+            logstore = _ls
+            try:
+                log = _ls.LogStore(queue_bytes=_ls.QUEUE_IDLE)
+            except MemoryError:
+                log = None
+            from msfw import logflash  # noqa: F401 - resident (see LAZY)
+            from msfw import proto as _pr
 
-    proto = _pr
+            proto = _pr
+            break
+        except MemoryError:
+            if hold is None:
+                raise
+            hold = None  # the code needs that room after all: the queue will find less
+            gc.collect()
     del hold
     return log
 
