@@ -79,3 +79,47 @@ def test_a_dense_train_that_never_shows_one_polarity_long_enough_is_refused():
         P.validate(dict(base, phase_us=870, gap_us=180))  # every window still half on
     assert "program.phase_us = 870" in str(e.value) and "3/4" in str(e.value)
     assert P.get("fine")["sampling"] == "dense"  # the library's dense program qualifies
+
+
+def test_out_of_memory_while_stimulating_latches_a_heap_fault_and_the_app_goes_on(mp):
+    """A MemoryError in the engine while the output is on (a pause or restart that found no
+    heap) turns the output off, latches a `heap` fault and reports it; the loop goes on
+    (before, the app ended: safe, but a dead device until reset)."""
+    r = mp(SETUP + """
+from msfw import app as A
+from msfw.supervisor import FAULT_NAMES
+a = A.App(b, hw)
+a.boot = lambda: None  # no flash here (the host's own filesystem): no log, no protocol
+a.serve_host = lambda: None
+a.log = None
+eng = a.eng
+real_tick = eng.tick
+n = [0]
+def tick(now_us, now_ms):
+    n[0] += 1
+    if n[0] == 2000:
+        raise MemoryError("memory allocation failed")
+    return real_tick(now_us, now_ms)
+eng.tick = tick
+class Done(Exception):
+    pass
+real_sleep = hw.sleep_us
+def sleep_us(us):
+    if n[0] >= 2600:
+        raise Done()
+    real_sleep(us)
+hw.sleep_us = sleep_us
+a.prepare_session()
+eng.start(hw.ticks_ms())
+try:
+    a.run()
+except Done:
+    pass
+print("RESULT", E.STATE_NAMES[eng.state], FAULT_NAMES[eng.sup.fault], W.output_level(W.gpio_en), n[0])
+""")
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, r.stdout + r.stderr
+    state, fault, en, ticks = line[0].split()[1:]
+    assert (state, fault, en) == ("fault", "heap", "0")
+    assert int(ticks) >= 2600  # the loop kept running after the fault
+    assert '"fault": "heap"' in r.stdout  # reported

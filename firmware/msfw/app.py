@@ -17,7 +17,7 @@ from micropython import const
 import msfw
 from msfw import VERSION
 from msfw import engine as E
-from msfw.supervisor import CONTACT_NAMES, F_ADC, FAULT_NAMES
+from msfw.supervisor import CONTACT_NAMES, F_ADC, F_HEAP, FAULT_NAMES
 
 # The log and the protocol are imported by App() once the engine is built (_late_imports):
 # building it needs the config, calibration and program modules for a moment, and that is
@@ -319,7 +319,14 @@ class App:
             cfg.update(_ops().checked(self, over))
             self.eng = eng = self.engine(cfg)
         self.prepare_session()
-        if not eng.start(self.hw.ticks_ms()):
+        try:
+            started = eng.start(self.hw.ticks_ms())
+        except MemoryError:
+            gc.collect()
+            eng.trip(F_HEAP, 0)
+            raise proto.Error("fault", "out of memory starting the output: a heap fault is "
+                              "latched (clear it; a restart frees the heap)")
+        if not started:
             if self.hw.usb_powered() and not self.board.usb_isolated:
                 raise proto.Error("refused", "USB power is present and this board's USB link is "
                                   "not isolated: unplug USB and use the button (SAFETY.md 7)")
@@ -473,7 +480,11 @@ class App:
             if press == "short":
                 if eng.state in (E.S_IDLE, E.S_DONE):
                     self.prepare_session()
-                    eng.start(hw.ticks_ms())
+                    try:
+                        eng.start(hw.ticks_ms())
+                    except MemoryError:
+                        gc.collect()
+                        eng.trip(F_HEAP, 0)
                 else:
                     eng.step_intensity(now)
             elif press == "long":
@@ -487,6 +498,11 @@ class App:
             except OSError as e:
                 # The ADC or DAC stopped answering on I2C: the current is unknown.
                 eng.trip(F_ADC, e.args[0] if e.args else 0)
+            except MemoryError:
+                # A state change (a pause, a restart) found no heap: the output goes off and
+                # the fault is latched and reported; the device goes on (not a dead app).
+                gc.collect()
+                eng.trip(F_HEAP, 0)
             if eng._ev_n:
                 for kind in eng._ev_kind[: eng._ev_n]:
                     if kind == E.E_CUE and buzzer is not None:

@@ -15,9 +15,10 @@ _F_CHARGE = const(4)  # the two polarities deliver different charge
 F_REGULATION = const(5)  # the front end does not respond as its board says
 F_USB = const(6)  # USB power on a board whose link is not isolated
 F_SELF_CHECK = const(7)  # the boot self-check found the ADC zero or the DAC zero out of tolerance
+F_HEAP = const(8)  # out of memory while the output was on: off, latched, reported
 
 FAULT_NAMES = ("none", "overcurrent", "short_circuit", "adc", "charge_imbalance",
-               "regulation", "usb_power", "self_check")
+               "regulation", "usb_power", "self_check", "heap")
 
 # Contact events pause the output; it resumes after stable contact, with a soft start.
 C_NONE = const(0)
