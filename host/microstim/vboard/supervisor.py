@@ -798,6 +798,13 @@ class Supervisor:
         if self._kbd_pending() == 0:
             self._kbd_sent = None
             return True
+        if self._ctrl_c_action() == "byte":
+            # The script ended meanwhile (another Ctrl-C, an error) and the REPL waits at
+            # its prompt, which reads no FIFO: the byte goes to it, as at any prompt.
+            self._drain_kbd()
+            if self._child_fd is not None:
+                os.write(self._child_fd, b"\x03")
+            return True
         if time.monotonic() < self._kbd_sent[1]:
             return False
         self._drain_kbd()
