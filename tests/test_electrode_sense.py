@@ -30,19 +30,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT  # noqa: E402
 from microstim.vboard.calibrated import calibrate, resistor, run_headless_calibrated  # noqa: E402
+from test_dc_block import calibration  # noqa: E402 - one calibration for both files
 
 PROGRAMS = ("lift", "steady", "tone", "fine", "pulse3")
 SETPOINT = 400.0
 LIMIT_MS = 5.0
 MIN_LOAD_UA = 8.0  # msfw/supervisor.py _MIN_LOAD_CU: below it a load reading is not judged
-
-
-@functools.cache
-def calibration():
-    with tempfile.TemporaryDirectory() as d:
-        c = calibrate(d, 10_000.0)
-    assert c["result"] and c["result"]["ok"], c["console"]
-    return c["file"]
 
 
 def run(path, program, events, *, seconds, ohm=2000.0, setpoint=SETPOINT):

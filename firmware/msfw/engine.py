@@ -58,6 +58,7 @@ _RAMP_MIN_PERIODS = const(3)  # slow programs ramp over at least this many whole
 _PROBE_CU = const(320)  # 10 uA probe pulses while paused
 _CONTACT_STABLE_MS = const(500)
 _LEARN_MS = const(250)
+_ADC_STUCK_US = const(4000)  # no ADC result for this long: the current is unknown (adc fault)
 LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 # Charge recovery of the DC-blocking capacitor before a (re)start: one software-switched
 # phase, skipped when shorter than REC_MIN_US, never longer than REC_MAX_US.
@@ -346,7 +347,7 @@ class Engine:
             sup.check_current(samp.i_cu, 0, self.lvl_cu)
         elif ch == CH_LOAD:
             sup.check_load(samp.v_mv, samp.v_z)
-        if samp.stuck_us > 4000:
+        if samp.stuck_us > _ADC_STUCK_US:
             sup.trip(F_ADC, samp.stuck_us)
         if sup.fault != F_NONE:
             self._fault()
@@ -445,7 +446,7 @@ class Engine:
                 self.measured_q4 += ((samp.i_cu << 4) - self.measured_q4) >> 6
         elif ch == CH_LOAD:
             sup.check_load(samp.v_mv, samp.v_z)
-        if samp.stuck_us > 4000:
+        if samp.stuck_us > _ADC_STUCK_US:
             sup.trip(F_ADC, samp.stuck_us)
         if sup.fault != F_NONE:
             self._fault()
@@ -560,7 +561,7 @@ class Engine:
         samp = self.sampler
         ch = samp.poll(now_us, _PROBE_CU)
         hw = self.hw
-        if samp.stuck_us > 4000:
+        if samp.stuck_us > _ADC_STUCK_US:
             self.trip(F_ADC, samp.stuck_us)
             return
         tl = self.tl

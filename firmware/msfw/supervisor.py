@@ -35,7 +35,6 @@ _MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
 # dividers' 0.4 % worst-case mismatch x VBIAS, 1.3 mV) would leave 500 ohm x I too close
 # to 300 ohm x I.
 _MIN_LOAD_CU = const(256)
-_ADC_STUCK_US = const(4000)
 _JUMP_MIN_CU = const(640)  # 20 uA
 _JUMP_NUM = const(8)  # impedance above 8/5 (1.6x) its reference is a jump
 _JUMP_DEN = const(5)
