@@ -420,8 +420,11 @@ def report_faults(res, n):
 # ---- 5. net charge --------------------------------------------------------------------
 
 def jobs_charge(programs, seconds, seed):
-    return [{"key": ("charge", prog), "config": {"program": prog, "setpoint_ua": 200},
-             "stop_s": 3.0 + seconds + 1.0, "sim": {"seed": seed + 3000 + k}, "seconds": seconds}
+    # The session runs to auto-off (before the stop event): the whole session, from the
+    # start's recovery phase to the one that drains CBLOCK before auto-off, is measured too.
+    return [{"key": ("charge", prog), "config": {"program": prog, "setpoint_ua": 200,
+                                                 "duration_s": 2.0 + seconds + 1.0},
+             "stop_s": 3.0 + seconds + 2.0, "sim": {"seed": seed + 3000 + k}, "seconds": seconds}
             for k, prog in enumerate(programs)]
 
 
@@ -488,6 +491,28 @@ def report_charge(res, programs):
               f"{d[7]:>+14.1f} {d[8]:>11.2f} {d[9]:>9.2f} {d[10]:>7.2f} {d[11]:>7.1f}")
     print("   (1 % of a phase per minute means the + and - charge must match to 0.01 / (pairs per "
           "minute): e.g. 17 ppm at 600 pairs/min, 0.4 ppm at 24000)")
+    print("   whole session, press to auto-off: every phase the output drove (the recovery phase that "
+          "centres CBLOCK at the start,\n   the soft start, and the recovery phase that drains CBLOCK "
+          "before auto-off), against the session's length")
+    print(f"   {'program':>7} {'session s':>9} {'phases':>7} {'recovery uC':>11} {'net uC':>9} "
+          f"{'ratio %':>8} {'meets':>5} {'ended by':>9}")
+    for prog in programs:
+        rr = res[("charge", prog)]
+        p = rr["phases"]
+        p = p[p["t_us"] >= (PRESS_AT_S - 0.01) * 1e6]  # before: the boot self-check's zero pair
+        q = p["i_mean_ua"].astype(np.float64) * p["dur_us"] * 1e-6
+        span_s = float(p["t_us"][-1] + p["dur_us"][-1] - p["t_us"][0]) / 1e6
+        rec = stim(p)
+        q_phase = float(np.abs(rec["i_mean_ua"].astype(np.float64) * rec["dur_us"] * 1e-6).mean())
+        # the recovery phases: the output's first and last phase, each one long phase
+        q_rec = f"{q[0]:+.3f}/{q[-1]:+.3f}"
+        net = float(q.sum())
+        ratio = abs(net) * 60.0 / span_s / q_phase
+        ends = [e.get("reason") for e in console_events(rr["console"]) if e.get("ev") == "session_end"]
+        ok = ratio <= NET_CHARGE_LIMIT and ends == ["auto_off"]
+        ok_all &= ok
+        print(f"   {prog:>7} {span_s:>9.2f} {len(p):>7d} {q_rec:>11} {net:>+9.4f} {100 * ratio:>8.2f} "
+              f"{'yes' if ok else 'NO':>5} {','.join(map(str, ends)):>9}")
     return ok_all
 
 

@@ -17,7 +17,7 @@ hw = Hardware(b)
 """
 
 
-def run_engine(mp, program, ticks):
+def run_engine(mp, program, ms):
     r = mp(SETUP + f"""
 eng = E.Engine(hw, {{"program": {program!r}, "setpoint_ua": 200, "duration_s": 600, "cue_s": 1}})
 now = hw.ticks_ms()
@@ -26,13 +26,15 @@ while eng.state != E.S_STIM:
     eng.tick(hw.ticks_us(), hw.ticks_ms()); hw.sleep_ms(1)
 eng.drain()
 # Loops run inside functions: a module-level loop would store globals (a dict insert).
+# Paced as the app paces its loop (engine.wait_us).
 def hot():
     samples = 0
-    for i in range({ticks}):
+    t_end = hw.ticks_add(hw.ticks_ms(), {ms})
+    while hw.ticks_diff(t_end, hw.ticks_ms()) > 0:
         eng.tick(hw.ticks_us(), hw.ticks_ms())
         if eng.sampler.fresh:
             samples += 1
-        hw.sleep_ms(1)
+        hw.sleep_us(eng.wait_us(hw.ticks_us()))
     return samples
 samples = 0  # assigned under the lock: must exist already (a new global would allocate)
 gc.collect()

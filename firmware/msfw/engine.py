@@ -155,6 +155,16 @@ class Engine:
         self.rec_t0 = 0
         self.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol)
         self.rec_tl = None  # the recovery phase's Timeline, made once, reused
+        # A session that runs to auto-off ends with a recovery phase too: at the end of a
+        # whole period (CBLOCK back at the centre), the start's recovery phase mirrored, at
+        # the same DAC code, so the session leaves no net charge in the skin. It begins
+        # early enough to end by the duration (a period to finish, then the mirror).
+        self.ending = 0  # 1: waiting for the period's end; 2: draining
+        self.rec0_cu = 0  # the start's recovery phase: nominal current and DAC code
+        self.rec0_code = 0
+        us = self._rec_us(self._centre(self.setpoint_cu), self._rec_cu(self.setpoint_cu))
+        us = (int(us) if us < _REC_MAX_US else _REC_MAX_US) // 1000
+        self.drain_ms = us + (us >> 2) + self.macro_ms + 5
 
     def _timing(self, prog):
         from msfw import programs
@@ -273,6 +283,8 @@ class Engine:
             self._emit(E_REFUSED, F_SELF_CHECK)
             return False
         self.t0_ms = now_ms
+        self.ending = 0
+        self.rec0_cu = 0
         self.last_cue = now_ms
         self.last_learn = now_ms
         self.burst_on = True
@@ -293,33 +305,62 @@ class Engine:
         probe's 10 uA); then the soft start begins."""
         self.sup.reset_contact()  # nothing measured before is judged with what follows
         target = self.level_target()
-        want = -((target * (self.main_tl.s_mid >> 6)) << 1) // self.cb_c
-        err = want - self.cb_uv
-        rec = target * self.macro_ms // self.ramp_ms
-        if rec < _PROBE_CU:
-            rec = _PROBE_CU
-        us = abs(err) * self.cb_c * 32.0 / rec  # uV x uF / uA = us (off the hot path)
-        if us < _REC_MIN_US:
+        rec = self._rec_cu(target)
+        if not self._recovery(self._centre(target) - self.cb_uv, rec, -1):
             self._main(now_ms)
             return
+        if not self.rec0_cu:
+            self.rec0_cu = rec
+            self.rec0_code = self.dac_last
+        self._set_state(S_RAMP)
+
+    def _centre(self, target):
+        """The capacitor voltage (uV) about which the program swings symmetrically."""
+        return -((target * (self.main_tl.s_mid >> 6)) << 1) // self.cb_c
+
+    def _rec_cu(self, target):
+        """A recovery phase's current: the soft start's first step, at least the probe's."""
+        rec = target * self.macro_ms // self.ramp_ms
+        return rec if rec > _PROBE_CU else _PROBE_CU
+
+    def _rec_us(self, err, rec):
+        """How long a recovery phase at rec takes to move CBLOCK by err uV."""
+        return abs(err) * self.cb_c * 32.0 / rec  # uV x uF / uA = us (off the hot path)
+
+    def _recovery(self, err, rec, code):
+        """Starts a recovery phase moving CBLOCK by err uV at rec (the DAC at code, or
+        at what the regulator says if code < 0); False if too short to bother."""
+        us = self._rec_us(err, rec)
+        if us < _REC_MIN_US:
+            return False
         us = int(us) if us < _REC_MAX_US else _REC_MAX_US
-        pattern = ((0, us, 1 if err > 0 else -1),)
+        # The phase lasts until the measured charge is there (see _recover): up to twice
+        # the nominal time, if the current is below its nominal value.
+        w = 2 * us if us < _REC_MAX_US // 2 else _REC_MAX_US
+        sign = 1 if err > 0 else -1
+        pattern = ((0, w, sign),)
         tl = self.rec_tl
         if tl is None:
-            tl = self.rec_tl = Timeline(pattern, us + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
+            tl = self.rec_tl = Timeline(pattern, w + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
             tl.prog = REC_PROG
         else:
-            tl.set(pattern, us + 20000)
+            tl.set(pattern, w + 20000)
         tl.seq = tl.intervals
         self._run(tl, self.rec_timer)
         self.rec_us = us
-        self.rec_t0 = self.hw.ticks_us()
+        self.rec_q = us >> 6  # the charge wanted, in 64 us x nominal current
+        self.rec_w = w
+        self.rec_sum = 0
+        self.rec_n = 0
         self.reg.set_target(rec)
-        code = self.reg.dac_code()
+        if code < 0:
+            code = self.reg.dac_code()
         self.hw.dac.write(code)
         self.dac_last = code
         self.lvl_cu = rec
-        self._set_state(S_RAMP)
+        self.timer.update(sign)  # on now, not at the next loop pass: timed from here
+        self.rec_t0 = self.hw.ticks_us()
+        return True
 
     def _main(self, now_ms):
         self._run(self.main_tl, self.main_timer)
@@ -335,8 +376,14 @@ class Engine:
         el = hw.ticks_diff(now_us, self.rec_t0)
         us = self.rec_us
         if el >= us:
-            self._halt(us)
-            self._main(now_ms)
+            if self.rec_n:
+                # Book what was measured: the phase ran until that made the charge wanted.
+                self.lvl_cu = self.rec_sum // self.rec_n
+            self._halt(el)  # booked as long as it really ran
+            if self.ending == 2:
+                self.stop(END_AUTO_OFF)
+            else:
+                self._main(now_ms)
             return
         tl = self.tl
         self.timer.update(tl.intervals[0][2])
@@ -345,6 +392,15 @@ class Engine:
         ch = samp.poll(now_us, self.lvl_cu)
         if ch == CH_SHUNT:
             sup.check_current(samp.i_cu, 0, self.lvl_cu)
+            # The charge is measured, not assumed: the phase ends when the mean current
+            # measured so far times its length makes the charge wanted (so an error in
+            # the low current it runs at leaves no net charge behind).
+            self.rec_sum += samp.i_cu
+            self.rec_n += 1
+            mean = self.rec_sum // self.rec_n
+            if mean > 0:
+                us = ((self.rec_q * self.lvl_cu) // mean) << 6
+                self.rec_us = us if us < self.rec_w else self.rec_w
         elif ch == CH_LOAD:
             sup.check_load(samp.v_mv, samp.v_z)
         if samp.stuck_us > _ADC_STUCK_US:
@@ -352,7 +408,23 @@ class Engine:
         if sup.fault != F_NONE:
             self._fault()
         elif sup.contact != C_NONE:
-            self._pause(now_ms)
+            if self.ending == 2:  # no contact to drain through: the session ends here
+                self.stop(END_AUTO_OFF)
+            else:
+                self._pause(now_ms)
+
+    def _drain(self):
+        """The last recovery phase: CBLOCK back to 0 V, then auto-off."""
+        self.ending = 2
+        self._halt()
+        self.sup.reset_contact()  # judged afresh at this current, as at a start
+        rec = self.rec0_cu
+        code = self.rec0_code
+        if not rec:
+            rec = self._rec_cu(self.level_target())
+            code = -1
+        if not self._recovery(-self.cb_uv, rec, code):
+            self.stop(END_AUTO_OFF)
 
     def step_intensity(self, now_ms):
         """One step up; past the top it wraps to the lowest level, never higher."""
@@ -412,9 +484,12 @@ class Engine:
         if hw.usb_powered() and not hw.board.usb_isolated:
             self.trip(F_USB)
             return
-        if hw.ticks_diff(now_ms, self.t0_ms) >= self.duration_ms:
+        el = hw.ticks_diff(now_ms, self.t0_ms)
+        if el >= self.duration_ms:
             self.stop(END_AUTO_OFF)
             return
+        if not self.ending and el >= self.duration_ms - self.drain_ms:
+            self.ending = 1  # the drain begins where the running period ends
         if self.cue_ms and hw.ticks_diff(now_ms, self.last_cue) >= self.cue_ms:
             self.last_cue = now_ms
             self._emit(E_CUE, 0)
@@ -430,6 +505,9 @@ class Engine:
             self.sup.period_end()
             self.new_period = True
         self.last_pos = pos
+        if self.ending == 1 and self.tl is self.main_tl and (not self.burst_on or tl.in_rest(pos)):
+            self._drain()
+            return
         if not self._burst(now_ms):
             return
         if self.software:
@@ -538,6 +616,10 @@ class Engine:
             w = 200
         if tl is not None and not samp.dense:
             e = tl.to_edge(tl.pos(now_us))
+            if e < w:
+                w = e if e > 0 else 1
+        if self.rec_us:  # a recovery phase ends when its charge is there, not at an edge
+            e = self.rec_us - self.hw.ticks_diff(now_us, self.rec_t0)
             if e < w:
                 w = e if e > 0 else 1
         return w

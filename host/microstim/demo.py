@@ -38,8 +38,9 @@ def run_demo(setpoint_ua: float = 200.0, seconds: float = 30.0, run_dir: str | N
     ends = [e for e in events if e.get("ev") == "session_end"]
     if not ends:
         raise DeviceError("the session did not end as expected; firmware output:\n" + console[-2000:])
-    # Steady state: after the soft start, before auto-off.
-    steady = trace.summary(press_s + SOFT_START_S + 0.5, press_s + seconds)
+    # Steady state: after the soft start, before auto-off
+    # (the last second holds the recovery phase that drains CBLOCK before auto-off)
+    steady = trace.summary(press_s + SOFT_START_S + 0.5, press_s + seconds - 1.0)
     whole = trace.summary()
     return {
         "setpoint_ua": setpoint_ua,
