@@ -149,7 +149,7 @@ def _late_imports(keep):
 # Modules a running session never needs: imported when used, dropped when a session starts.
 # (msfw.logflash stays: every session ends with a flush, and a fragmented heap may not
 # have the contiguous room to import it again.)
-LAZY = ("appops", "config", "protofs", "calib", "calrun", "programs")
+LAZY = ("appops", "config", "protofs", "calib", "calrun", "programs", "engsetup")
 # Host operations served by msfw.appops (not needed while the output is on).
 _RARE_OPS = const(("config_get", "config_set", "info", "calibrate", "log_list", "log_read"))
 

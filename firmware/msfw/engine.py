@@ -6,14 +6,11 @@
 #
 # tick() is the hot path: integers, no allocation, in steady state. Whatever has to be
 # said (events) is queued as small ints and printed by the app's slow path.
-from array import array
 
 import safe
 from micropython import const
 
-from msfw import pulse
-from msfw.regulator import Regulator
-from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT, Sampler, Timeline
+from msfw.sampler import CH_LOAD, CH_NONE, CH_SHUNT
 from msfw.supervisor import (
     C_COMPLIANCE,
     C_LIFT,
@@ -23,7 +20,6 @@ from msfw.supervisor import (
     F_REGULATION,
     F_SELF_CHECK,
     F_USB,
-    Supervisor,
 )
 
 S_IDLE = const(0)
@@ -50,11 +46,8 @@ END_BUTTON = const(0)
 END_AUTO_OFF = const(1)
 END_HOST = const(2)
 END_NAMES = ("button", "auto_off", "host")
-_EVENT_SLOTS = const(32)
+EVENT_SLOTS = const(32)
 
-_MAX_DURATION_MS = const(1200000)  # 20 minutes, whatever the config says
-_SOFT_START_MS = const(1500)  # at least 1 s (SAFETY.md 4)
-_RAMP_MIN_PERIODS = const(3)  # slow programs ramp over at least this many whole periods
 _PROBE_CU = const(320)  # 10 uA probe pulses while paused
 _CONTACT_STABLE_MS = const(500)
 _LEARN_MS = const(250)
@@ -63,123 +56,17 @@ LEVELS = 5  # intensity steps: 1/5 .. 5/5 of the setpoint
 # Charge recovery of the DC-blocking capacitor before a (re)start: one software-switched
 # phase, skipped when shorter than REC_MIN_US, never longer than REC_MAX_US.
 _REC_MIN_US = const(2000)
-_REC_MAX_US = const(3000000)
-REC_PROG = {"software_timed": True, "sampling": "sync"}
-
-# A 5 Hz biphasic probe, 3.5 ms phases: two whole conversions (current, then load) fit
-# in each phase, so a stuck DAC is seen within the first probe phase it drives.
-PROBE = {"freq_hz": 5, "phase_us": 3500, "gap_us": 200, "train_n": 1,
-         "train_on_ms": 0, "train_off_ms": 0}
+REC_MAX_US = const(3000000)
 
 
 class Engine:
     def __init__(self, hw, cfg, cal="stored"):
         """cal: the device's calibration (calib.load()), read from flash by default
-        (calib.STORED); None runs uncalibrated, at a reduced ceiling.
+        (calib.STORED); None runs uncalibrated, at a reduced ceiling. The work is done by
+        msfw.engsetup: it runs once per engine, so the app drops its code (heap)."""
+        from msfw import engsetup
 
-        msfw.calib and msfw.programs are imported here, not by the module: only building
-        an engine needs them, and the app drops them while a session runs (heap)."""
-        from msfw import calib, programs
-
-        board = hw.board
-        self.hw = hw
-        self.cfg = cfg
-        prog = cfg["program"]
-        self.program = programs.validate(prog) if isinstance(prog, dict) else programs.get(prog)
-        if cal == calib.STORED:
-            cal = calib.load(board=board)
-        self.cal = cal or None
-        self.calibrated = self.cal is not None
-        # An uncalibrated board runs at a fraction of its ceiling: its current is only as
-        # good as the nominal component values (issue 6; `info` says so).
-        self.ceiling_ua = board.ceiling_ua if self.calibrated else board.ceiling_ua * calib.UNCALIBRATED_CEILING
-        # Config can lower the ceiling, never raise it (SAFETY.md 1).
-        sp = cfg["setpoint_ua"]
-        self.setpoint_capped = sp > self.ceiling_ua
-        if self.setpoint_capped:
-            sp = self.ceiling_ua
-        self.setpoint_cu = int(sp * 32)
-        dur = int(cfg["duration_s"] * 1000)
-        self.duration_ms = dur if dur < _MAX_DURATION_MS else _MAX_DURATION_MS
-        self.cue_ms = int(cfg["cue_s"] * 1000)
-        self.level = LEVELS
-        self.reg = Regulator(board, self.ceiling_ua, self.cal)
-        self.new_period = False
-        self.dac_pending = False
-        self.sup = Supervisor(board, self.ceiling_ua)
-        self.sampler = Sampler(board, hw.adc, hw.ticks_us, hw.ticks_diff)
-        if self.cal:
-            self.sampler.set_calibration(*calib.sampler_terms(self.cal))
-            k = self.cal.get("fine_k_q8")
-            if k and hasattr(hw.dac, "fine_k_q8"):
-                hw.dac.fine_k_q8 = k
-        self.check_failed = F_NONE  # a failed boot self-check refuses every session
-        self.main_tl, self.main_timer = self._timing(self.program)
-        # The soft start steps once per macro period (a whole +/- pair or train at one level),
-        # so a slow program (lift: 2 s periods) ramps over several periods, not in one jump.
-        macro_ms = self.main_tl.macro_us // 1000
-        self.ramp_ms = _SOFT_START_MS if _SOFT_START_MS >= _RAMP_MIN_PERIODS * macro_ms else _RAMP_MIN_PERIODS * macro_ms
-        self.macro_ms = macro_ms
-        self.probe_tl, self.probe_timer = self._timing(programs.validate(PROBE))
-        self.tl = None
-        self.timer = None
-        self.software = False
-        self.state = S_IDLE
-        self._ev_kind = bytearray(_EVENT_SLOTS)
-        self._ev_val = array("i", [0] * _EVENT_SLOTS)
-        self._ev_n = 0
-        self.t0_ms = 0
-        self.ramp_from = 0
-        self.ramp_to = 0
-        self.ramp_t0 = 0
-        self.last_learn = 0
-        self.last_cue = 0
-        self.good_since = 0
-        self.last_pos = 0
-        self.dac_last = -1
-        self.pause_reason = C_NONE
-        self.limit_cu = self.setpoint_cu  # lowered when the load needs more than compliance
-        self.compliance_limited = False
-        self.burst_on = True
-        self.burst_t0 = 0
-        self.measured_q4 = 0
-        # The DC-blocking capacitor (in series with the electrodes): its voltage adds to
-        # what the source must drive (compliance), not to the load reading (taken after
-        # it). Tracked from the charge delivered: cb_uv at the start of the
-        # running pattern's period (a whole period adds none), lvl_cu the current flowing.
-        self.cb_c = int(board.dc_block_uf + 0.5) or 1
-        self.cb_uv = 0
-        self.lvl_cu = 0
-        self.rec_us = 0  # > 0 while a recovery phase runs
-        self.next_cu = -1  # a lower target waiting for the next rest
-        self.rec_t0 = 0
-        self.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol)
-        self.rec_tl = None  # the recovery phase's Timeline, made once, reused
-        # A session that runs to auto-off ends with a recovery phase too: at the end of a
-        # whole period (CBLOCK back at the centre), the start's recovery phase mirrored, at
-        # the same DAC code, so the session leaves no net charge in the skin. It begins
-        # early enough to end by the duration (a period to finish, then the mirror).
-        self.ending = 0  # 1: waiting for the period's end; 2: draining
-        self.rec0_cu = 0  # the start's recovery phase: nominal current and DAC code
-        self.rec0_code = 0
-        us = self._rec_us(self._centre(self.setpoint_cu), self._rec_cu(self.setpoint_cu))
-        us = (int(us) if us < _REC_MAX_US else _REC_MAX_US) // 1000
-        self.drain_ms = us + (us >> 2) + self.macro_ms + 5
-
-    def _timing(self, prog):
-        from msfw import programs
-
-        seq, macro = programs.timeline(prog)
-        hw = self.hw
-        if prog["software_timed"]:
-            tl = Timeline(seq, macro, 0, hw.ticks_diff, hw.ticks_add)
-            timer = pulse.SoftwareTimer(hw.en, hw.pol)
-        else:
-            tl = Timeline(seq, macro, pulse.lead_us(seq, macro), hw.ticks_diff, hw.ticks_add)
-            timer = pulse.HardwareTimer(hw.en, hw.pol)
-        tl.prog = prog
-        tl.seq = seq
-        return tl, timer
+        engsetup.init(self, hw, cfg, cal)
 
     # ---- output control (not hot: runs on state changes) ---------------------------
     def _run(self, tl, timer):
@@ -222,7 +109,7 @@ class Engine:
 
     def _emit(self, kind, value=0):
         n = self._ev_n
-        if n < _EVENT_SLOTS:
+        if n < EVENT_SLOTS:
             self._ev_kind[n] = kind
             self._ev_val[n] = value
             self._ev_n = n + 1
@@ -333,25 +220,14 @@ class Engine:
         us = self._rec_us(err, rec)
         if us < _REC_MIN_US:
             return False
-        us = int(us) if us < _REC_MAX_US else _REC_MAX_US
-        # The phase lasts until the measured charge is there (see _recover): up to twice
-        # the nominal time, if the current is below its nominal value.
-        w = 2 * us if us < _REC_MAX_US // 2 else _REC_MAX_US
+        us = int(us) if us < REC_MAX_US else REC_MAX_US
         sign = 1 if err > 0 else -1
-        pattern = ((0, w, sign),)
+        pattern = ((0, us, sign),)
         tl = self.rec_tl
-        if tl is None:
-            tl = self.rec_tl = Timeline(pattern, w + 20000, 0, self.hw.ticks_diff, self.hw.ticks_add)
-            tl.prog = REC_PROG
-        else:
-            tl.set(pattern, w + 20000)
+        tl.set(pattern, us + 20000)
         tl.seq = tl.intervals
         self._run(tl, self.rec_timer)
         self.rec_us = us
-        self.rec_q = us >> 6  # the charge wanted, in 64 us x nominal current
-        self.rec_w = w
-        self.rec_sum = 0
-        self.rec_n = 0
         self.reg.set_target(rec)
         if code < 0:
             code = self.reg.dac_code()
@@ -376,9 +252,6 @@ class Engine:
         el = hw.ticks_diff(now_us, self.rec_t0)
         us = self.rec_us
         if el >= us:
-            if self.rec_n:
-                # Book what was measured: the phase ran until that made the charge wanted.
-                self.lvl_cu = self.rec_sum // self.rec_n
             self._halt(el)  # booked as long as it really ran
             if self.ending == 2:
                 self.stop(END_AUTO_OFF)
@@ -392,15 +265,6 @@ class Engine:
         ch = samp.poll(now_us, self.lvl_cu)
         if ch == CH_SHUNT:
             sup.check_current(samp.i_cu, 0, self.lvl_cu)
-            # The charge is measured, not assumed: the phase ends when the mean current
-            # measured so far times its length makes the charge wanted (so an error in
-            # the low current it runs at leaves no net charge behind).
-            self.rec_sum += samp.i_cu
-            self.rec_n += 1
-            mean = self.rec_sum // self.rec_n
-            if mean > 0:
-                us = ((self.rec_q * self.lvl_cu) // mean) << 6
-                self.rec_us = us if us < self.rec_w else self.rec_w
         elif ch == CH_LOAD:
             sup.check_load(samp.v_mv, samp.v_z)
         if samp.stuck_us > _ADC_STUCK_US:

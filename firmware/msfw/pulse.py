@@ -89,12 +89,14 @@ def rmt_patterns(seq, macro_us):
 class HardwareTimer:
     """Looping RMT on EN and POL: the pulse train runs with no CPU cost."""
 
-    def __init__(self, en_pin, pol_pin):
+    def __init__(self, en_pin, pol_pin, seq=None, macro_us=0):
+        """seq, macro_us: a train whose patterns are made now, not at its first start."""
         self._en_pin = en_pin
         self._pol_pin = pol_pin
         self._en = None
         self._pol = None
-        self._pat = None  # (seq, macro_us, patterns): a restart of the same train reuses them
+        # (seq, macro_us, patterns): a restart of the same train reuses them
+        self._pat = None if seq is None else (seq, macro_us, rmt_patterns(seq, macro_us))
 
     def start(self, seq, macro_us):
         pat = self._pat
