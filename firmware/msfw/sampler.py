@@ -4,7 +4,8 @@
 # single-shot ADS1115 conversions itself and knows which part of the pattern each one
 # saw. "sync" programs (phases of 3.5 ms or more, room for two conversions): a conversion
 # only starts if it fits inside one phase, so every sample is a true amplitude; each phase
-# reads the load first, then the current. "dense" programs (short phases,
+# reads the load first, then the current (and again at once if that first reading began
+# late and reads like a short: see poll). "dense" programs (short phases,
 # every window at least half on): conversions run back to back and each is divided by the
 # on-fraction of its window, computed from the timeline.
 # Channels alternate: shunt (current), load voltage. The load voltage is electrode A minus
@@ -35,6 +36,8 @@ _PGA_LOAD_LO = const(5)  # +-0.256 V: +-4.1 V, for currents up to _LO_MAX_CU
 _LO_MAX_CU = const(1280)  # 40 uA: 4.1 V is 102 kohm
 _DENSE_LOAD_Q10 = const(768)
 _CENTRE_US = const(50)
+_LATE_US = const(250)  # a phase's first conversion later than this past its margin: a late wake
+_Z_SHORT_OHM = const(300)  # msfw/supervisor.py's: no skin reads less
 
 CH_NONE = const(0)
 CH_SHUNT = const(1)
@@ -197,6 +200,7 @@ class Sampler:
         self.i_sign = 0
         self.v_mv = 0  # load voltage during a phase (mV), in the phase's direction: < 0 opposes it
         self.v_z = True  # and whether it is good for judging the impedance
+        self.late = False  # the running load conversion is its phase's first, and started late
         self.z_next = True
         self.twice = False
         self.fresh = CH_NONE  # which channel the last poll() completed
@@ -261,13 +265,24 @@ class Sampler:
                 self.i_cu = cu
                 self.i_sign = self.sign
             else:
-                self.v_mv = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
-                self.v_z = self.z_next or not self.dense
+                v = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
+                if self.late and (v if v > 0 else -v) * 1000 < _Z_SHORT_OHM * self.i_cu // 32:
+                    # It reads like a short, but it began late in its phase: the skin's
+                    # voltage, against the current as the phase began (the other polarity's
+                    # charge), may have crossed zero in the window and averaged out. Not
+                    # reported: the load is read again at once, and that reading is judged
+                    # (not for an impedance jump: no earlier period read the load there).
+                    ch = CH_NONE
+                    self.next_ch = CH_LOAD
+                    self.z_next = False
+                else:
+                    self.v_mv = v
+                    self.v_z = self.z_next
+                    self.z_next = True  # (a dense train sets it for each load window)
             self.fresh = ch
-        # Start the next conversion if its whole window is usable. Where in the pattern we
-        # are is read now: collecting the last result took two I2C transfers.
-        if self.fresh != CH_NONE:
+            # Where in the pattern we are is read again: collecting took two I2C transfers.
             now = self.ticks_us()
+        # Start the next conversion if its whole window is usable.
         pos = tl.pos(now) + _WAKE_US
         if pos >= tl.macro_us:
             pos -= tl.macro_us
@@ -294,6 +309,7 @@ class Sampler:
             if sign == 0:
                 return self.fresh
             f = 1024
+        late = False
         if not self.load_first and not self.dense and (tl.fit_start != self.phase_start or pos < self.phase_pos):
             ch = CH_SHUNT
         elif self.load_first and (tl.fit_start != self.phase_start or pos < self.phase_pos):
@@ -301,10 +317,12 @@ class Sampler:
             # there first; the current follows one conversion later.
             ch = CH_LOAD
             self.phase_i = False
+            late = pos > tl.fit_start + self.margin + _LATE_US
         elif self.load_first and self.phase_i and pos + 2 * _CONV_US + _WAKE_US + _POLL_US + self.margin > tl.fit_end:
             # So does the last one that fits (once the current has been read): a short that
             # begins late in a phase is seen before the phase ends, not in the next one.
             ch = CH_LOAD
+        self.late = late
         self.phase_start = tl.fit_start
         self.phase_pos = pos
         if ch == CH_SHUNT:

@@ -1,0 +1,286 @@
+"""Load sense: false "short" trips when a phase's first load conversion starts late.
+
+At the start of a phase the skin's capacitance still holds the previous (opposite)
+phase's charge: the voltage across the electrodes opposes the current, then crosses zero
+some time into the phase. A 1.16 ms ADS1115 window straddling that crossing averages to
+about 0 V, which is what a short reads. The firmware starts a phase's first conversion as
+early as it can, but a late wake (a GC pause, a slow I2C transfer, a flash cache stall)
+pushes it later, into the crossing.
+
+This runs the unchanged engine (firmware/msfw) in the unix port on the virtual board's
+hardware, calibrated, paced as the app paces its loop (engine.wait_us), with every phase's
+first conversion held back until `late` us after the phase starts (Timeline.fits
+patched in the snippet; the firmware is not changed), over skins, resistors, setpoints
+and programs, and counts the short_circuit faults (each clears and the session restarts)
+and other faults / pauses. A last row per program polls with 1 ms sleeps instead
+(the loop that first showed the fault). The same cases run twice in one go: with the
+sampler/supervisor of a git revision (--before, default the commit before the fix) and
+with the working tree's.
+
+    python benchmarks/short_sense.py [--quick] [--before REV] [--workers N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from microstim import paths
+from microstim.vboard import runconfig
+from microstim.vboard.calibrated import calibrate
+from microstim.vboard.supervisor import find_micropython
+
+ROOT = Path(__file__).resolve().parent.parent
+BEFORE = "86c9f0d"  # main before the fix (firmware/msfw/sampler.py, supervisor.py)
+FIXED_FILES = ("firmware/msfw/sampler.py", "firmware/msfw/supervisor.py")
+
+# (label, r_series, r_parallel, c_parallel): the default skin (boards/virtual/sim.json),
+# its area and drying variants (the scenario's contact area / gel_drying scale R and C),
+# other R || C skins, and pure resistors (the scenario's "load" event).
+SKINS = [
+    ("skin 2k+30k|100n", 2000.0, 30000.0, 1e-7),
+    ("skin area 0.3", 2000.0 / 0.3, 30000.0 / 0.3, 1e-7 * 0.3),
+    ("skin dried x3", 6000.0, 90000.0, 1e-7 / 3),
+    ("skin 1k+10k|470n", 1000.0, 10000.0, 4.7e-7),
+    ("skin 1k+20k|47n", 1000.0, 20000.0, 4.7e-8),
+    ("skin 5k+40k|22n", 5000.0, 40000.0, 2.2e-8),
+    ("R 1k", 1000.0, 0.0, 0.0),
+    ("R 10k", 10000.0, 0.0, 0.0),
+    ("R 40k", 40000.0, 0.0, 0.0),
+]
+SETPOINTS = (20, 100, 200, 400)
+# Per program: how late a phase's first conversion starts, swept phase by phase from 0 to
+# `top` us in `step`s (the natural start is the sampler's margin, 150 us, plus the ADC's
+# wake-up), and the session's length (s; the soft start is the first 1.5 s, lift's 6 s).
+# fine is dense: its load windows are placed by their on-fraction, not at a phase's start
+# (step 0: as the app runs it); lift is software-timed, its margin already 3 ms.
+SWEEP = {"steady": (50, 3000, 8.0), "tone": (50, 3000, 8.0), "pulse3": (50, 2500, 6.0),
+         "lift": (500, 8000, 30.0), "fine": (0, 0, 5.0)}
+
+SNIPPET = r"""
+import sys, gc, json
+sys.path.insert(0, %(device)r)
+import _vworld
+with open(%(cfg)r) as f:
+    W = _vworld.World(json.loads(f.read()))
+import machine, esp32, time
+sys.path.insert(0, %(fw)r)
+from msfw import board as boardmod
+from msfw.hw import Hardware
+from msfw import engine as E
+from msfw import sampler as S
+from msfw import calib
+b = boardmod.load(%(bj)r, %(pins)r)
+hw = Hardware(b)
+hw.output_off()
+sc = calib.self_check(hw)
+cal = calib.load(board=b, path=%(calfile)r)
+LATE = [0]
+_fits = S.Timeline.fits
+def fits(self, pos, length, margin):
+    # No conversion starts in the first LATE us of a phase (pos includes the ADC's wake-up).
+    s = _fits(self, pos, length, margin)
+    if s and pos < self.fit_start + LATE[0]:
+        return 0
+    return s
+S.Timeline.fits = fits
+
+def case(prog, sp, rs, rp, cp, step, top, secs, sleep1, short_ms=-1):
+    # step 0: every phase's first conversion held back by `top` us. short_ms >= 0: a short
+    # across the electrodes at the start of the first - phase after short_ms; returns the
+    # us from it to the fault (-1: none) instead of running on.
+    W.sync()
+    ld = W.load
+    ld.base_rs = rs; ld.base_rp = rp; ld.base_cp = cp; ld.short = False; ld.open = False
+    LATE[0] = top if not step else 0
+    gc.collect()
+    eng = E.Engine(hw, {"program": prog, "setpoint_ua": sp, "duration_s": 1200, "cue_s": 0}, cal)
+    eng.apply_self_check(sc)
+    shorts = 0; other = []; pauses = []; at = []; phases = 0; prev = 0; t_short = -1
+    t0 = hw.ticks_ms()
+    eng.start(t0)
+    while hw.ticks_diff(hw.ticks_ms(), t0) < secs:
+        now = hw.ticks_us()
+        tl = eng.tl
+        if tl is not None:
+            # Every new phase starts its first conversion `step` us later than the last did
+            # (0 .. top, then again).
+            sg = tl.sign_at(tl.pos(now))
+            if sg and not prev:
+                if short_ms >= 0 and sg < 0 and t_short < 0 and hw.ticks_diff(hw.ticks_ms(), t0) >= short_ms:
+                    W.sync()
+                    ld.short = True
+                    t_short = now
+                if step:
+                    LATE[0] = LATE[0] + step if LATE[0] + step <= top else 0
+                phases += 1
+            prev = sg
+        eng.tick(now, hw.ticks_ms())
+        if eng.state == E.S_FAULT:
+            if t_short >= 0:
+                dt = hw.ticks_diff(hw.ticks_us(), t_short)
+                ld.short = False
+                hw.sleep_ms(400)
+                return eng.sup.fault, dt
+            if eng.sup.fault == 2:
+                shorts += 1
+                at.append(LATE[0] if step else eng.sampler.done_pos)
+            else:
+                other.append(eng.sup.fault)
+            eng.clear_fault()
+            eng.start(hw.ticks_ms())
+        for k, v in eng.drain():
+            if k == E.E_CONTACT_LOST:
+                pauses.append(v)
+        if sleep1:
+            hw.sleep_ms(1)
+            continue
+        now = hw.ticks_us()
+        w = eng.wait_us(now)
+        tl = eng.tl
+        if step and tl is not None:
+            # ...and the loop wakes for it then (the app's loop wakes every 200 us).
+            p = tl.pos(now)
+            for a, _, _ in tl.intervals:
+                d = a + LATE[0] - 40 - p
+                if 0 < d < w:
+                    w = d
+        hw.sleep_us(w)
+    eng.stop()
+    eng = None
+    hw.sleep_ms(400)  # the skin relaxes between cases
+    ld.short = False
+    if short_ms >= 0:
+        return 0, -1
+    return shorts, other, pauses, at[:8], phases
+
+for c in json.loads(%(cases)r):
+    print("CASE " + json.dumps([c, case(*c)]))
+"""
+
+
+def firmware_tree(rev: str | None, dst: Path) -> Path:
+    """firmware/ as in the working tree, with the fixed files from `rev` if given."""
+    fw = dst / "firmware"
+    shutil.copytree(ROOT / "firmware", fw)
+    if rev:
+        for f in FIXED_FILES:
+            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{f}"], capture_output=True,
+                                  text=True, check=True).stdout
+            (dst / f).write_text(text)
+    return fw
+
+
+def run_batch(job: dict) -> list:
+    """Runs job["cases"] (snippet case() arguments) in one unix-port process on job["fw"]."""
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        cfg = runconfig.build(d, scenario=[{"at_s": 100000.0, "event": "stop"}], speed=None,
+                              sim={"usb_present": False, "seed": job["seed"]}, provision=False)
+        cfg.pop("flash")
+        (d / "cfg.json").write_text(json.dumps(cfg))
+        (d / "calib.json").write_text(job["calib"])
+        script = d / "snippet.py"
+        script.write_text(SNIPPET % {
+            "device": str(paths.vboard_device_dir()), "cfg": str(d / "cfg.json"), "fw": job["fw"],
+            "bj": str(ROOT / "boards/virtual/board.json"), "pins": str(ROOT / "boards/virtual/pins.csv"),
+            "calfile": str(d / "calib.json"), "cases": json.dumps(job["cases"])})
+        r = subprocess.run([find_micropython(), "-X", "heapsize=4m", str(script)], capture_output=True,
+                           text=True, cwd=d, timeout=3600)
+        out = [json.loads(x[5:]) for x in r.stdout.splitlines() if x.startswith("CASE ")]
+        if len(out) != len(job["cases"]):
+            raise RuntimeError(r.stdout[-2000:] + r.stderr[-3000:])
+        return [(job["which"], c, res) for c, res in out]
+
+
+def cases_for(quick: bool) -> list:
+    """(program, load label, setpoint, loop, snippet case) for every row."""
+    out = []
+    skins = SKINS if not quick else [SKINS[0], SKINS[1], SKINS[3], SKINS[6], SKINS[8]]
+    sps = SETPOINTS if not quick else (20, 200, 400)
+    for prog, (step, top, secs) in SWEEP.items():
+        for label, rs, rp, cp in skins:
+            for sp in sps:
+                out.append((prog, label, sp, f"late 0-{top / 1000:g}ms" if step else "wait_us",
+                            (prog, sp, rs, rp, cp, step, top, int(secs * 1000), False)))
+                out.append((prog, label, sp, "sleep 1ms", (prog, sp, rs, rp, cp, 0, 0, int(secs * 1000), True)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer skins and setpoints")
+    ap.add_argument("--before", default=BEFORE, help="git revision of the old sampler/supervisor")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    t_wall = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        c = calibrate(work / "cal", 10_000.0)
+        assert c["file"], c["console"]
+        fws = {"before": str(firmware_tree(args.before, work / "before")),
+               "after": str(firmware_tree(None, work / "after"))}
+        cases = cases_for(args.quick)
+        jobs = []
+        for which, fw in fws.items():
+            for prog in SWEEP:
+                mine = [x[4] for x in cases if x[0] == prog]
+                n = 12
+                for k in range(0, len(mine), n):
+                    jobs.append({"which": which, "fw": fw, "cases": mine[k:k + n], "calib": c["file"],
+                                 "seed": args.seed})
+        res = {}
+        with ProcessPoolExecutor(args.workers) as ex:
+            for batch in ex.map(run_batch, jobs):
+                for which, cs, r in batch:
+                    res[(which, tuple(cs))] = r
+    print("Load sense, late first conversions: short_circuit faults with no short in the scenario "
+          "(each clears, the session restarts), calibrated virtual board.")
+    print("loop: 'late 0-Xms' = paced by engine.wait_us, every phase's first conversion held back "
+          "(0, step, 2 x step .. X us after the phase starts, phase by phase); 'sleep 1ms' = the loop "
+          "sleeps 1 ms instead; 'wait_us' = as the app runs.")
+    print(f"before = sampler/supervisor of {args.before}, after = the working tree's. 'at' = the lateness "
+          "(us) of the phases that tripped (sleep 1ms: the conversion's start in the period).")
+    print(f"{'program':7} {'load':17} {'uA':>3} {'loop':>13} {'phases':>6} {'before':>6} {'after':>5} "
+          f"{'at (before)':>19} {'other b/a':>9}")
+    tot = {"before": 0, "after": 0}
+    rows = {"before": 0, "after": 0}
+    others = {"before": 0, "after": 0}
+    per_prog = {}
+    for prog, label, sp, loop, c in cases:
+        b = res[("before", tuple(c))]
+        a = res[("after", tuple(c))]
+        pp = per_prog.setdefault(prog, {"before": 0, "after": 0, "n": 0, "phases": 0})
+        pp["n"] += 1
+        pp["phases"] += a[4]
+        for which, r in (("before", b), ("after", a)):
+            tot[which] += r[0]
+            rows[which] += r[0] > 0
+            others[which] += len(r[1]) + len(r[2])
+            pp[which] += r[0]
+
+        def other(r):
+            return (",".join(str(x) for x in r[1]) or "-") + "".join(f"p{x}" for x in r[2][:3])
+        at = ",".join(str(x) for x in sorted(set(b[3]))[:4]) or "-"
+        print(f"{prog:7} {label:17} {sp:>3} {loop:>13} {a[4]:>6} {b[0]:>6} {a[0]:>5} {at:>19} "
+              f"{other(b) + '/' + other(a):>9}")
+    print("other b/a: fault codes (msfw/supervisor.py) other than short_circuit, before/after; pN: a pause "
+          "(contact lost), N its reason: 1 lift-off, 2 compliance, 3 impedance jump")
+    print("per program, false shorts before -> after (rows, phases run after): "
+          + ", ".join(f"{p} {v['before']} -> {v['after']} ({v['n']}, {v['phases']})" for p, v in per_prog.items()))
+    print(f"total false shorts: before {tot['before']} in {rows['before']} of {len(cases)} rows, after "
+          f"{tot['after']} in {rows['after']} rows; other faults and pauses before {others['before']}, after "
+          f"{others['after']}; wall {time.perf_counter() - t_wall:.0f} s")
+    return 0 if tot["after"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
