@@ -64,6 +64,12 @@ SETPOINTS = (20, 100, 200, 400)
 SWEEP = {"steady": (50, 3000, 8.0), "tone": (50, 3000, 8.0), "pulse3": (50, 2500, 6.0),
          "lift": (500, 8000, 30.0), "fine": (0, 0, 5.0)}
 
+# A real short as a - phase of steady begins (its 20 ms phases are on throughout, so the time to
+# the fault is on-time), that phase's first conversion this late (us).
+SHORT_LATE_US = (0, 250, 500, 750, 1000, 1500, 2000, 2500, 3000)
+SHORT_LOADS = [("skin 2k+30k|100n", 200, 2000.0, 30000.0, 1e-7), ("R 2k", 400, 2000.0, 0.0, 0.0),
+               ("R 40k", 20, 40000.0, 0.0, 0.0)]
+
 SNIPPET = r"""
 import sys, gc, json
 sys.path.insert(0, %(device)r)
@@ -103,7 +109,7 @@ def case(prog, sp, rs, rp, cp, step, top, secs, sleep1, short_ms=-1):
     gc.collect()
     eng = E.Engine(hw, {"program": prog, "setpoint_ua": sp, "duration_s": 1200, "cue_s": 0}, cal)
     eng.apply_self_check(sc)
-    shorts = 0; other = []; pauses = []; at = []; phases = 0; prev = 0; t_short = -1
+    shorts = 0; other = []; pauses = []; at = []; phases = 0; prev = -1; pa = -1; t_short = -1
     t0 = hw.ticks_ms()
     eng.start(t0)
     while hw.ticks_diff(hw.ticks_ms(), t0) < secs:
@@ -112,8 +118,13 @@ def case(prog, sp, rs, rp, cp, step, top, secs, sleep1, short_ms=-1):
         if tl is not None:
             # Every new phase starts its first conversion `step` us later than the last did
             # (0 .. top, then again).
-            sg = tl.sign_at(tl.pos(now))
-            if sg and not prev:
+            p = tl.pos(now)
+            sg = 0
+            for a, b, sa in tl.intervals:
+                if a <= p < b:
+                    sg = sa
+                    pa = a
+            if sg and pa != prev:
                 if short_ms >= 0 and sg < 0 and t_short < 0 and hw.ticks_diff(hw.ticks_ms(), t0) >= short_ms:
                     W.sync()
                     ld.short = True
@@ -121,7 +132,7 @@ def case(prog, sp, rs, rp, cp, step, top, secs, sleep1, short_ms=-1):
                 if step:
                     LATE[0] = LATE[0] + step if LATE[0] + step <= top else 0
                 phases += 1
-            prev = sg
+                prev = pa
         eng.tick(now, hw.ticks_ms())
         if eng.state == E.S_FAULT:
             if t_short >= 0:
@@ -145,7 +156,7 @@ def case(prog, sp, rs, rp, cp, step, top, secs, sleep1, short_ms=-1):
         now = hw.ticks_us()
         w = eng.wait_us(now)
         tl = eng.tl
-        if step and tl is not None:
+        if LATE[0] and tl is not None:
             # ...and the loop wakes for it then (the app's loop wakes every 200 us).
             p = tl.pos(now)
             for a, _, _ in tl.intervals:
@@ -229,8 +240,12 @@ def main() -> int:
         fws = {"before": str(firmware_tree(args.before, work / "before")),
                "after": str(firmware_tree(None, work / "after"))}
         cases = cases_for(args.quick)
+        shorts = [(label, sp, late, ("steady", sp, rs, rp, cp, 0, late, 6000, False, 3000))
+                  for label, sp, rs, rp, cp in SHORT_LOADS for late in SHORT_LATE_US]
         jobs = []
         for which, fw in fws.items():
+            jobs.append({"which": which, "fw": fw, "cases": [x[3] for x in shorts], "calib": c["file"],
+                         "seed": args.seed})
             for prog in SWEEP:
                 mine = [x[4] for x in cases if x[0] == prog]
                 n = 12
@@ -279,6 +294,24 @@ def main() -> int:
     print(f"total false shorts: before {tot['before']} in {rows['before']} of {len(cases)} rows, after "
           f"{tot['after']} in {rows['after']} rows; other faults and pauses before {others['before']}, after "
           f"{others['after']}; wall {time.perf_counter() - t_wall:.0f} s")
+    print("\nA real short as a steady - phase begins, that phase's first conversion late: time to the "
+          "short_circuit fault (ms of on-time), before / after")
+    print(f"{'load':17} {'uA':>3} " + " ".join(f"{x / 1000:>9g}" for x in SHORT_LATE_US))
+    worst = {"before": 0.0, "after": 0.0}
+    for label, sp, *_ in SHORT_LOADS:
+        cells = []
+        for late in SHORT_LATE_US:
+            c = next(x[3] for x in shorts if x[0] == label and x[2] == late)
+            ms = []
+            for which in ("before", "after"):
+                fault, us = res[(which, tuple(c))]
+                ms.append(f"{us / 1000:.2f}" if fault == 2 else "none")
+                if late <= 1000 and fault == 2:
+                    worst[which] = max(worst[which], us / 1000)
+            cells.append("/".join(ms))
+        print(f"{label:17} {sp:>3} " + " ".join(f"{x:>9}" for x in cells))
+    print(f"worst with the first conversion up to 1 ms late: before {worst['before']:.2f} ms, after "
+          f"{worst['after']:.2f} ms")
     return 0 if tot["after"] == 0 else 1
 
 
