@@ -23,6 +23,7 @@
 from micropython import const
 
 from msfw.ads1115 import FSR_V
+from msfw.supervisor import Z_SHORT_OHM
 
 _CONV_US = const(1163)  # 860 SPS
 _WAKE_US = const(40)  # power-up from single-shot plus I2C latency
@@ -37,7 +38,6 @@ _LO_MAX_CU = const(1280)  # 40 uA: 4.1 V is 102 kohm
 _DENSE_LOAD_Q10 = const(768)
 _CENTRE_US = const(50)
 _LATE_US = const(250)  # a phase's first conversion later than this past its margin: a late wake
-_Z_SHORT_OHM = const(300)  # msfw/supervisor.py's: no skin reads less
 
 CH_NONE = const(0)
 CH_SHUNT = const(1)
@@ -266,7 +266,7 @@ class Sampler:
                 self.i_sign = self.sign
             else:
                 v = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
-                if self.late and (v if v > 0 else -v) * 1000 < _Z_SHORT_OHM * self.i_cu // 32:
+                if self.late and (v if v > 0 else -v) * 1000 < Z_SHORT_OHM * self.i_cu // 32:
                     # It reads like a short, but it began late in its phase: the skin's
                     # voltage, against the current as the phase began (the other polarity's
                     # charge), may have crossed zero in the window and averaged out. Not

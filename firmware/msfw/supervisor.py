@@ -28,7 +28,7 @@ _C_JUMP = const(3)  # the impedance rose suddenly: partial contact concentrates 
 
 CONTACT_NAMES = ("none", "lift_off", "compliance", "impedance_jump")
 
-_Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance
+Z_SHORT_OHM = const(300)  # lowest credible electrode-gel-skin impedance (msfw.sampler too)
 _MARGIN_CU = const(320)  # 10 uA over the target is always allowed (noise, dither)
 _MIN_CHECK_CU = const(160)  # below 5 uA a missing current is not yet meaningful
 # Below 8 uA a load reading is not judged: the electrode sense's common-mode error (the
@@ -106,7 +106,7 @@ class Supervisor:
         i = self.i_cu
         if i < _MIN_LOAD_CU:
             return
-        if v_mv * 1000 < _Z_SHORT_OHM * i // 32:  # uV; all below 2**30
+        if v_mv * 1000 < Z_SHORT_OHM * i // 32:  # uV; all below 2**30
             self.trip(F_SHORT, v_mv)
             return
         if i < _JUMP_MIN_CU or not z_ok:
