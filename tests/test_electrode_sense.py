@@ -81,7 +81,10 @@ def dry_phases(program):
 
 def onsets(program):
     """(label, onset s): in the recovery/soft start, and mid-phase in steady output, on
-    both polarities; lift at five points of a 600 ms phase."""
+    both polarities; lift at six points of a 600 ms phase, the last 3 ms before its end
+    (software-switched: the last conversions that fit read the load, timed from the real
+    edges); pulse3 also 0.5 ms into a 4 ms phase, inside its first load window (two
+    conversions fit a phase: a reading that drops is read again at once)."""
     ph = dry_phases(program)
     out = []
     full = [x for x in ph if x[3] >= 0.97 * SETPOINT and x[0] > 4.0]
@@ -92,10 +95,10 @@ def onsets(program):
         first = ph[0]  # the recovery phase that centres CBLOCK, then the ramp's phases
         out.append(("recovery", first[0] + 0.5 * first[1]))
         ramp = [x for x in ph[1:] if x[3] < 0.9 * SETPOINT][:2]
-        fractions = (0.02, 0.25, 0.5, 0.75, 0.98)
+        fractions = (0.02, 0.25, 0.5, 0.75, 0.98, 0.995)
         ramp_fractions = (0.1, 0.6)
     else:
-        fractions = (0.3, 0.9)
+        fractions = (0.125, 0.3, 0.9) if program == "pulse3" else (0.3, 0.9)
         ramp_fractions = (0.5,)
         ramp = ramp[:2]
     for t, d, s, c in ramp:

@@ -78,7 +78,8 @@ class Engine:
         safe.set_armed(True)  # from here only the main loop feeds the watchdog
         timer.start(tl.seq, tl.macro_us)
         tl.start(now)
-        self.sampler.use(tl, tl.prog["sampling"] == "dense", self.software, tl is self.main_tl)
+        self.sampler.use(tl, tl.prog["sampling"] == "dense", timer if self.software else None,
+                         tl is self.main_tl)
         self.last_pos = 0
 
     def _halt(self, cut_pos=-1):

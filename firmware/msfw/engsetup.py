@@ -29,7 +29,7 @@ def timing(eng, prog, now=False):
     hw = eng.hw
     if prog["software_timed"]:
         tl = Timeline(seq, macro, 0, hw.ticks_diff, hw.ticks_add)
-        timer = pulse.SoftwareTimer(hw.en, hw.pol)
+        timer = pulse.SoftwareTimer(hw.en, hw.pol, hw.ticks_us)
     else:
         tl = Timeline(seq, macro, pulse.lead_us(seq, macro), hw.ticks_diff, hw.ticks_add)
         timer = pulse.HardwareTimer(hw.en, hw.pol, seq if now else None, macro)
@@ -113,7 +113,7 @@ def init(eng, hw, cfg, cal):
     eng.rec_us = 0  # > 0 while a recovery phase runs
     eng.next_cu = -1  # a lower target waiting for the next rest
     eng.rec_t0 = 0
-    eng.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol)
+    eng.rec_timer = pulse.SoftwareTimer(hw.en, hw.pol, hw.ticks_us)
     # A session that runs to auto-off ends with a recovery phase too: at the end of a
     # whole period (CBLOCK back at the centre), the start's recovery phase mirrored, at
     # the same DAC code, so the session leaves no net charge in the skin. It begins

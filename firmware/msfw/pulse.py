@@ -128,33 +128,34 @@ class HardwareTimer:
 
 class SoftwareTimer:
     """Sub-1 Hz trains: the app calls update(sign) every loop with the sign the timeline
-    gives for now (0 = off); edges land within one loop period (about a millisecond)."""
+    gives for now (0 = off); edges land within one loop period (about a millisecond).
+    on is the sign switched on (0: off) and t_on (ticks_us) when: the sampler times its
+    conversions from the real edge, not the timeline's (a late loop moves both edges)."""
 
-    def __init__(self, en_pin, pol_pin):
+    def __init__(self, en_pin, pol_pin, ticks_us):
         self._en = en_pin
         self._pol = pol_pin
-        self._on = 0
+        self._ticks = ticks_us
+        self.on = 0
+        self.t_on = 0
 
     def start(self, seq, macro_us):
-        self._on = 0
+        self.on = 0
 
     def update(self, sign):
-        if sign == 0:
-            if self._on:
-                self._en.value(0)
-                self._on = 0
+        if sign == self.on:
             return
-        pol = 1 if sign > 0 else 0
-        if self._on and self._pol.value() != pol:
-            # Never reverse the bridge with current flowing, even if a loop was late.
+        if self.on:
+            # Off first: never reverse the bridge with current flowing, even if a loop was late.
             self._en.value(0)
-            self._on = 0
-        if not self._on:
-            self._pol.value(pol)
+            self.on = 0
+        if sign:
+            self._pol.value(1 if sign > 0 else 0)
             self._en.value(1)
-            self._on = 1
+            self.t_on = self._ticks()
+            self.on = sign
 
     def stop(self):
         self._en.value(0)
         self._pol.value(0)
-        self._on = 0
+        self.on = 0

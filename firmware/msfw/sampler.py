@@ -4,8 +4,10 @@
 # single-shot ADS1115 conversions itself and knows which part of the pattern each one
 # saw. "sync" programs (phases of 3.5 ms or more, room for two conversions): a conversion
 # only starts if it fits inside one phase, so every sample is a true amplitude; each phase
-# reads the load first, then the current (and again at once if that first reading began
-# late and reads like a short: see poll). "dense" programs (short phases,
+# reads the load first, then the current (the load again at once if that first reading
+# began late and reads like a short, or reads well below the last phase's: see poll), and
+# the last conversion that fits reads the load again. A software-switched phase is timed
+# from its real edges (the timer's), not the timeline's. "dense" programs (short phases,
 # every window at least half on): conversions run back to back and each is divided by the
 # on-fraction of its window, computed from the timeline.
 # Channels alternate: shunt (current), load voltage. The load voltage is electrode A minus
@@ -20,6 +22,8 @@
 # centred on a phase (within _CENTRE_US) is good for judging the impedance (v_z).
 #
 # Hot path (poll): integers only, nothing allocated.
+from array import array
+
 from micropython import const
 
 from msfw.ads1115 import FSR_V
@@ -27,8 +31,7 @@ from msfw.supervisor import Z_SHORT_OHM
 
 _CONV_US = const(1163)  # 860 SPS
 _WAKE_US = const(40)  # power-up from single-shot plus I2C latency
-_MARGIN_US = const(150)  # pattern start uncertainty (RMT skew, software switching)
-_SOFT_MARGIN_US = const(3000)
+_MARGIN_US = const(150)  # pattern start uncertainty (RMT skew; software-switched: from the real edge)
 _POLL_US = const(400)  # collecting a result and starting the next (two I2C transfers, the loop)
 _REST_GUARD_US = const(60)  # software-switched phases move by up to a loop period
 PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
@@ -184,7 +187,7 @@ class Sampler:
         self.cal_offset_cu = 0
         self.timeline = None
         self.dense = False
-        self.margin = _MARGIN_US
+        self.soft = None  # a software-switched pattern's timer (its real edges)
         self.busy = CH_NONE
         self.next_ch = CH_SHUNT
         self.phase_start = -1
@@ -200,7 +203,8 @@ class Sampler:
         self.i_sign = 0
         self.v_mv = 0  # load voltage during a phase (mV), in the phase's direction: < 0 opposes it
         self.v_z = True  # and whether it is good for judging the impedance
-        self.late = False  # the running load conversion is its phase's first, and started late
+        self.late = 0  # the running load conversion is its phase's first (1), and started late (2)
+        self.v_first = array("i", (0, 0))  # the last first-of-phase load reading, - and + phases
         self.z_next = True
         self.twice = False
         self.fresh = CH_NONE  # which channel the last poll() completed
@@ -215,13 +219,15 @@ class Sampler:
         """The load sense's reading with the output off (uV at the ADC: its offset)."""
         self.zero_q12 = int(zero_uv * self.div * 4096 / 1000)
 
-    def use(self, timeline, dense, software_timed, load_first):
-        """load_first: start every phase with the load channel (stimulating: a short or a
+    def use(self, timeline, dense, soft, load_first):
+        """soft: the SoftwareTimer of a software-switched pattern (None: hardware-timed).
+        load_first: start every phase with the load channel (stimulating: a short or a
         lift shows there first); else with the current (probing: a stuck DAC does)."""
         self.timeline = timeline
         self.dense = dense
         self.load_first = load_first and not dense
-        self.margin = _SOFT_MARGIN_US if software_timed else _MARGIN_US
+        self.soft = soft
+        self.v_first[0] = self.v_first[1] = 0
         self.busy = CH_NONE
         self.fresh = CH_NONE
 
@@ -266,7 +272,7 @@ class Sampler:
                 self.i_sign = self.sign
             else:
                 v = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
-                if self.late and (v if v > 0 else -v) * 1000 < Z_SHORT_OHM * self.i_cu // 32:
+                if self.late == 2 and (v if v > 0 else -v) * 1000 < Z_SHORT_OHM * self.i_cu // 32:
                     # It reads like a short, but it began late in its phase: the skin's
                     # voltage, against the current as the phase began (the other polarity's
                     # charge), may have crossed zero in the window and averaged out. Not
@@ -279,6 +285,23 @@ class Sampler:
                     self.v_mv = v
                     self.v_z = self.z_next
                     self.z_next = True  # (a dense train sets it for each load window)
+                    if self.late:
+                        # A phase's first reading well below the last phase's of its sign:
+                        # a short may have begun inside this window and be averaged with
+                        # the skin before it. The load is read again at once (a phase with
+                        # room for only two conversions would otherwise see it only in the
+                        # next phase). Only after a reading with the current: the voltage
+                        # only rises in a phase, so a window after one that averaged above
+                        # zero is past the skin's zero crossing (a window straddling it
+                        # would read like a short). A reading against the current (a big
+                        # skin capacitance still charged from the other phase) is left to
+                        # the phase's next load reading.
+                        k = 1 if self.sign > 0 else 0
+                        prev = self.v_first[k]
+                        self.v_first[k] = v
+                        if v > 0 and 4 * v < 3 * prev:
+                            self.next_ch = CH_LOAD
+                            self.z_next = False  # (judged for a short, as the late one's)
             self.fresh = ch
             # Where in the pattern we are is read again: collecting took two I2C transfers.
             now = self.ticks_us()
@@ -305,11 +328,22 @@ class Sampler:
                     sign = 1 if sf > 0 else -1
                     self.z_next = tl.centred(pos) != 0
         else:
-            sign = tl.fits(pos, _CONV_US, self.margin)
+            sign = tl.fits(pos, _CONV_US, _MARGIN_US)
             if sign == 0:
                 return self.fresh
             f = 1024
-        late = False
+            # How far into its phase the conversion starts (a software-switched phase:
+            # from its real edge, which a late loop moves; the timeline's end stays: the
+            # output goes off no earlier than it).
+            since = pos - tl.fit_start
+            sw = self.soft
+            if sw is not None:
+                if sw.on != sign:
+                    return self.fresh
+                since = self.diff(now, sw.t_on) + _WAKE_US
+                if since < _MARGIN_US:
+                    return self.fresh
+        late = 0
         if not self.load_first and not self.dense and (tl.fit_start != self.phase_start or pos < self.phase_pos):
             ch = CH_SHUNT
         elif self.load_first and (tl.fit_start != self.phase_start or pos < self.phase_pos):
@@ -317,8 +351,8 @@ class Sampler:
             # there first; the current follows one conversion later.
             ch = CH_LOAD
             self.phase_i = False
-            late = pos > tl.fit_start + self.margin + _LATE_US
-        elif self.load_first and self.phase_i and pos + 2 * _CONV_US + _WAKE_US + _POLL_US + self.margin > tl.fit_end:
+            late = 2 if since > _MARGIN_US + _LATE_US else 1
+        elif self.load_first and self.phase_i and pos + 2 * _CONV_US + _WAKE_US + _POLL_US + _MARGIN_US > tl.fit_end:
             # So does the last one that fits (once the current has been read): a short that
             # begins late in a phase is seen before the phase ends, not in the next one.
             ch = CH_LOAD
