@@ -57,6 +57,24 @@ def test_session_from_the_cli_status_monitor_stop(board):
     assert json.loads(ok(ms("status", "--json", port=port)))["state"] == "done"
 
 
+def test_a_start_override_is_what_status_and_the_log_report(board, tmp_path):
+    # `start --program/--setpoint` runs that session without changing the config: status
+    # and the session's log record name what runs, not the config's program.
+    from microstim.logs.archive import Archive
+    from microstim.logs.data import load
+
+    port = board.port
+    assert json.loads(ok(ms("status", "--json", port=port)))["program"] == "steady"
+    ok(ms("start", "--program", "tone", "--setpoint", "60", "--json", port=port))
+    st = json.loads(ok(ms("status", "--json", port=port)))
+    assert (st["program"], st["setpoint_ua"]) == ("tone", 60), st
+    ok(ms("stop", port=port))
+    assert json.loads(ok(ms("config", "show", "--json", port=port)))["config"]["program"] == "steady"
+    pulled = json.loads(ok(ms("logs", "pull", "--archive", str(tmp_path / "a"), "--json", port=port)))
+    s = load(Archive(tmp_path / "a", pulled["uid"])).sessions
+    assert list(s["program"]) == ["tone"] and abs(float(s["setpoint_ua"][0]) - 60) < 1, s
+
+
 def test_config_refusals_name_field_value_limit_and_change_nothing(board):
     port = board.port
     before = json.loads(ok(ms("config", "show", "--json", port=port)))["config"]

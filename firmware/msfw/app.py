@@ -286,7 +286,7 @@ class App:
         elapsed = self.hw.ticks_diff(now, eng.t0_ms) if running else 0
         return {
             "state": E.STATE_NAMES[eng.state],
-            "program": self.cfg["program"],
+            "program": eng.cfg["program"],  # a start's override included
             "level": eng.level, "levels": E.LEVELS,
             "setpoint_ua": eng.setpoint_cu / 32,
             "target_ua": eng.level_target() / 32 if running else 0,
@@ -395,7 +395,7 @@ class App:
                 continue
             t = rtc_s()
             if kind == E.E_STATE and val == E.S_RAMP and not log.in_session:
-                log.session_start(t, now, logstore.program_info(self.cfg["program"], eng.program),
+                log.session_start(t, now, logstore.program_info(eng.cfg["program"], eng.program),
                                   int(eng.setpoint_cu / 32), eng.duration_ms // 1000,
                                   eng.cue_ms // 1000, eng.level)
             elif kind == E.E_END:
