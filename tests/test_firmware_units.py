@@ -123,3 +123,41 @@ print("RESULT", E.STATE_NAMES[eng.state], FAULT_NAMES[eng.sup.fault], W.output_l
     assert (state, fault, en) == ("fault", "heap", "0")
     assert int(ticks) >= 2600  # the loop kept running after the fault
     assert '"fault": "heap"' in r.stdout  # reported
+
+
+def test_a_conversion_running_when_a_pattern_stops_is_not_read_as_the_next_patterns(mp):
+    # fine's conversions run back to back. Before auto-off the engine stops the train in a
+    # rest and starts a 10 uA recovery phase that drains CBLOCK, while the train's last
+    # conversion is still running. An ADS1115 ignores a start while it converts: read as
+    # the recovery's first current, that conversion (the train's 200 uA in part of its
+    # window) tripped overcurrent. Each drain here starts at another place in the train.
+    r = mp(SETUP + """
+out = []
+for k in range(8):
+    eng = E.Engine(hw, {"program": "fine", "setpoint_ua": 200, "duration_s": 600, "cue_s": 5})
+    eng.start(hw.ticks_ms())
+    t_end = hw.ticks_add(hw.ticks_ms(), 2800)
+    while hw.ticks_diff(t_end, hw.ticks_ms()) > 0:
+        eng.tick(hw.ticks_us(), hw.ticks_ms())
+        hw.sleep_us(eng.wait_us(hw.ticks_us()))
+    t_end = hw.ticks_add(hw.ticks_us(), 313 * k)
+    while hw.ticks_diff(t_end, hw.ticks_us()) > 0:
+        eng.tick(hw.ticks_us(), hw.ticks_ms())
+        hw.sleep_us(50)
+    busy = eng.sampler.busy
+    eng.ending = 1  # as at duration - drain_ms
+    first = -1
+    t_end = hw.ticks_add(hw.ticks_ms(), 500)
+    while eng.state not in (E.S_DONE, E.S_FAULT) and hw.ticks_diff(t_end, hw.ticks_ms()) > 0:
+        eng.tick(hw.ticks_us(), hw.ticks_ms())
+        if eng.rec_us and first < 0 and eng.sampler.fresh == 1:
+            first = eng.sampler.i_cu / 32
+        hw.sleep_us(eng.wait_us(hw.ticks_us()))
+    print(E.STATE_NAMES[eng.state], eng.sup.fault, busy, first, eng.rec0_cu / 32)
+""")
+    rows = [x.split() for x in r.stdout.strip().splitlines()]
+    assert len(rows) == 8, r.stdout + r.stderr
+    assert sum(int(b) != 0 for _, _, b, _, _ in rows) >= 4, rows  # a conversion was running
+    for state, fault, _, first, rec in rows:
+        assert (state, fault) == ("done", "0"), rows
+        assert 0 <= float(first) <= 1.5 * float(rec) + 2, rows

@@ -449,7 +449,7 @@ class Engine:
             self.burst_t0 = now_ms
             self.timer.stop()
             self.hw.en.value(0)
-            self.sampler.busy = 0
+            self.sampler.on_q10 = 0  # a conversion running now is dropped (Sampler.stop)
             self.reg.discard()
         elif not self.burst_on and el >= self.program["train_off_ms"]:
             self.burst_on = True

@@ -228,12 +228,15 @@ class Sampler:
         self.load_first = load_first and not dense
         self.soft = soft
         self.v_first[0] = self.v_first[1] = 0
-        self.busy = CH_NONE
+        self.on_q10 = 0  # (see stop)
         self.fresh = CH_NONE
 
     def stop(self):
+        """A conversion still running saw the pattern that stopped: it is collected and
+        dropped (its window's on-fraction set to 0), not abandoned. An ADS1115 ignores a
+        start while it converts, so a new pattern's first reading would be that one."""
         self.timeline = None
-        self.busy = CH_NONE
+        self.on_q10 = 0
 
     def poll(self, now, target_cu):
         """Collect a finished conversion and start the next when the pattern allows;
