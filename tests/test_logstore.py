@@ -369,15 +369,17 @@ print("done")
 
 
 def test_a_session_queue_is_chunks_filled_without_allocating_and_flushed_in_order(tmp_path):
-    """reserve() grows the RAM queue by 1 KB chunks (a boot-fragmented heap rarely has a
-    session's 7 KB in one piece); records fill them in order under heap_lock, a partial
-    flush stops mid-chunk and the rest follows, every record exactly once, in order."""
+    """reserve() grows the RAM queue by chunks (4 KB first, then smaller: a boot-fragmented
+    heap rarely has a session's 5-8 KB in one piece); records fill them in order under
+    heap_lock, a partial flush stops mid-chunk and the rest follows, every record exactly
+    once, in order; the chunks stay (the app keeps the queue for good)."""
     out = mp_run("""
 import micropython
 f, bd = make_flash("img")
 s = L.LogStore("/fl/log", queue_bytes=L.QUEUE_IDLE); s.open(0)
 s.flush()
-cap = s.reserve(600)
+cap = s.reserve(800)
+sizes = [len(c) for c in s._chunks]
 def fill(n):
     for k in range(n):
         s.event(L.EV_INTENSITY, 1000 + k, 0, k, 0)
@@ -393,14 +395,57 @@ w1 = s.flush(1500)
 left = s.pending()
 s.event(L.EV_INTENSITY, 5000, 0, 250, 0)  # written after the partial flush
 w2 = s.flush()
-s.release()
-print(cap, chunks, queued, dropped, w1, left, w2, s.pending(), len(s._chunks))
+print(cap, chunks, queued, dropped, w1, left, w2, s.pending(), len(s._chunks), max(sizes))
 dump(s, ".")
 """, tmp_path)
-    cap, chunks, queued, dropped, w1, left, w2, pend, after = map(int, out.split())
-    assert cap >= 512 + 600 * 6 and chunks >= 4  # the idle chunk plus 1 KB ones
-    assert dropped == 0 and queued > 3 * 1024
-    assert 0 < w1 <= 1500 and left == queued - w1 and pend == 0 and after == 1
+    cap, chunks, queued, dropped, w1, left, w2, pend, after, largest = map(int, out.split())
+    assert cap >= 512 + 800 * 6 and chunks >= 3  # the idle chunk, 4 KB, and smaller ones
+    assert largest == 4096  # the first session chunk is a pull's whole block (appops)
+    assert dropped == 0 and queued > 4 * 1024  # the records span the chunks
+    assert 0 < w1 <= 1500 and left == queued - w1 and pend == 0 and after == chunks
     d = D.load(segments_in(tmp_path))
     values = list(d.events[d.events["kind"] == "intensity"]["value"])
     assert values == list(range(251))  # all of them, once each, in order
+
+
+def test_reserve_leaves_the_session_room_in_a_cut_up_heap(tmp_path):
+    """reserve() takes the queue's chunks out of a heap that boot has cut into small
+    pieces, but leaves the session its own room: eight 256-byte pieces (starting the
+    output and a pause allocate about 1.9 KB in objects of up to a few hundred bytes; a
+    pause that found none latched a heap fault). Only the chunks past that go back (one
+    512-byte piece as the check, as before, gave all of them back here: no queue)."""
+    out = mp_run("""
+import gc
+f, bd = make_flash("img")
+s = L.LogStore("/fl/log", queue_bytes=L.QUEUE_IDLE); s.open(0)
+s.flush()
+free0 = cap = got = ok = k = 0  # globals made now: a new one later grows the dict
+room = [None] * 8
+# Cut the whole free heap into ~300-byte pieces pinned apart, then free 30 of them.
+cut = [None] * 1500
+pins = [None] * 1500
+n = 0
+gc.collect()
+while n < 1500 and gc.mem_free() > 1024:
+    cut[n] = bytearray(300)
+    pins[n] = bytearray(8)
+    n += 1
+for k in range(30):
+    cut[k * (n // 30)] = None
+gc.collect()
+free0 = gc.mem_free()
+cap = s.reserve(1200)
+got = len(s._chunks) - 1
+gc.collect()
+try:
+    for k in range(8):
+        room[k] = bytearray(256)
+        ok += 1
+except MemoryError:
+    pass
+print(n, free0, cap, got, ok)
+""", tmp_path, heap="512k")
+    n, free0, cap, got, ok = map(int, out.split())
+    assert n < 1500 and 9 * 1024 < free0 < 13 * 1024  # a full heap, then 30 pieces freed
+    assert got >= 5  # the queue took pieces...
+    assert ok == 8  # ...and left the session its room

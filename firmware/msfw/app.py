@@ -19,9 +19,9 @@ from msfw import VERSION
 from msfw import engine as E
 from msfw.supervisor import CONTACT_NAMES, F_ADC, F_HEAP, FAULT_NAMES
 
-# The log and the protocol are imported by App() once the engine is built (_late_imports):
-# building it needs the config, calibration and program modules for a moment, and that is
-# the heap's peak at boot; with these not yet loaded the peak is some 20 KB lower.
+# The log and the protocol are imported by App.run() once the engine is built (building
+# it needs the config, calibration and program modules for a moment, and that is the
+# heap's peak at boot; with these not yet loaded the peak is some 20 KB lower).
 logstore = None
 proto = None
 
@@ -109,47 +109,10 @@ def _ops():
     return appops
 
 
-def _late_imports(keep):
-    """Imports the log and the protocol; returns the (unopened) log, made before the
-    protocol's code so its buffers find room in a heap not yet cut up (None: no heap).
-
-    Code loads as many small blocks, which fit the holes boot leaves; a session's log
-    queue wants pieces of a kilobyte or more. So `keep` bytes are held in one piece while
-    the code loads, and let go after: the next session's queue finds them whole."""
-    global logstore, proto
-    hold = None
-    while keep >= 1024 and hold is None:
-        try:
-            hold = bytearray(keep)
-        except MemoryError:
-            keep -= 1024
-    for attempt in (0, 1):
-        try:
-            from msfw import logstore as _ls
-
-            logstore = _ls
-            try:
-                log = _ls.LogStore(queue_bytes=_ls.QUEUE_IDLE)
-            except MemoryError:
-                log = None
-            from msfw import logflash  # noqa: F401 - resident (see LAZY)
-            from msfw import proto as _pr
-
-            proto = _pr
-            break
-        except MemoryError:
-            if hold is None:
-                raise
-            hold = None  # the code needs that room after all: the queue will find less
-            gc.collect()
-    del hold
-    return log
-
-
 # Modules a running session never needs: imported when used, dropped when a session starts.
 # (msfw.logflash stays: every session ends with a flush, and a fragmented heap may not
 # have the contiguous room to import it again.)
-LAZY = ("appops", "config", "protofs", "calib", "calrun", "programs", "engsetup")
+LAZY = ("appops", "config", "protofs", "calib", "calrun", "programs", "engsetup", "logopen")
 # Host operations served by msfw.appops (not needed while the output is on).
 _RARE_OPS = const(("config_get", "config_set", "info", "calibrate", "log_list", "log_read"))
 
@@ -212,7 +175,7 @@ class App:
         self.pending_cfg = None  # a config set while a session runs, used once it ends
         self.eng = self.engine(self.cfg)
         trim()
-        self.log = _late_imports(self.eng.duration_ms // 1000 * 6 + 1024)
+        self.log = None  # App.run(): boot()
         self.faults = []  # [name, value, uptime_ms], newest last
         self.tel_hz = 0
         self.tel_next = 0
@@ -224,22 +187,31 @@ class App:
         self.mem_free_boot = 0
 
     def boot(self):
-        """Open (and if need be repair) the log and record the boot. (Here, not in
-        msfw.appops: importing that at boot, the heap's tightest moment, costs more
-        than these lines.)"""
+        """The log: opened (and if need be repaired), the boot recorded, then its RAM queue
+        grown for a whole session while the heap still has pieces that big, and kept.
+        (Here, not in msfw.appops: importing that at boot costs more than these lines.)"""
+        global logstore
         import machine
 
         try:
-            if self.log is None:  # _late_imports() had no room for it then: again
-                self.log = logstore.LogStore(queue_bytes=logstore.QUEUE_IDLE)
-            self.log.open(rtc_s())
-            self.log.boot(rtc_s(), machine.reset_cause(), VERSION, self.board.name)
-            self.log.flush()
+            from msfw import logstore as _ls
+
+            logstore = _ls
+            from msfw import logflash  # noqa: F401 - resident (see LAZY)
+
+            self.log = log = _ls.LogStore(queue_bytes=_ls.QUEUE_IDLE)
+            log.open(rtc_s())
+            log.boot(rtc_s(), machine.reset_cause(), VERSION, self.board.name)
+            log.flush()
         except (OSError, MemoryError) as e:  # no filesystem or no heap: it works, without a log
             emit("log_error", errno=e.args[0] if isinstance(e, OSError) and e.args else 0,
                  message=repr(e))
             self.log = None
         trim()
+        if self.log is not None:
+            # Last at boot, once what boot needs only for a moment is gone: the chunks
+            # then come out of whole pieces, and the session's own room is checked.
+            self.log.reserve(self.eng.duration_ms // 1000)
 
     def engine(self, cfg):
         try:
@@ -253,19 +225,26 @@ class App:
         return eng
 
     def serve_host(self):
+        """The host protocol. First of boot's work after the engine: the clean-up walks the
+        whole filesystem (a path string per file), boot's largest passing need, which then
+        finds the heap before the log's code and queue have cut it up."""
+        global proto
+        from msfw import proto as _pr
+
+        proto = _pr
+        _pr.cleanup()
         try:
-            self.link = proto.Link()
+            self.link = _pr.Link()
         except (AttributeError, OSError, TypeError, MemoryError) as e:  # no console: standalone
             emit("proto_off", message=repr(e))
             return
-        proto.cleanup()
         self.server = proto.Server(self.link, self.hello_info, _Ops(self),
                                    bulk_ok=lambda: self.eng.state not in RUNNING)
 
 
     def prepare_session(self):
         """Before a start, with the output still off: free what a running session does not
-        use and give the log's RAM queue room for the session's summaries."""
+        use, and top the log's RAM queue up if this session needs more than boot gave it."""
         self.log_buf = None
         if self.server is not None:
             self.server.buf = None
@@ -429,8 +408,6 @@ class App:
                 log.flush(512)
             except MemoryError:  # the records stay queued; the next pass tries again
                 gc.collect()
-        elif log.spare():
-            log.release()
 
     def session_over(self):
         """The output is off: a config set during the session is saved and applied now."""
@@ -460,8 +437,8 @@ class App:
 
     def run(self):
         hw = self.hw
-        self.boot()
         self.serve_host()
+        self.boot()
         trim()
         self.mem_free_boot = gc.mem_free()
         emit("boot", version=VERSION, board=self.board.name, program=self.cfg["program"],

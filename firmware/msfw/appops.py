@@ -9,7 +9,7 @@ import os
 
 from micropython import const
 
-from msfw import VERSION, logstore, proto
+from msfw import VERSION, logflash, logstore, proto
 from msfw import engine as E
 from msfw.app import RUNNING, rtc_s, uid_hex
 
@@ -154,9 +154,13 @@ def op_log_read(app, req):
     seg = proto._int(req, "seg", 0, 1 << 30)
     off = proto._int(req, "off", 0, 1 << 24)
     n = proto._int(req, "n", 1, _LOG_CHUNK)
-    buf = app.log_buf
+    # Read through the log's own RAM queue while it is empty (its first session chunk is
+    # 4 KB): the idle heap keeps no 4 KB buffer of its own, and the room stays the queue's.
+    buf = logflash.scratch(log)
     if buf is None or len(buf) < n:
-        buf = app.log_buf = bytearray(_LOG_CHUNK)
+        buf = app.log_buf  # records wait in the queue, or it got no piece that big
+        if buf is None or len(buf) < n:
+            buf = app.log_buf = bytearray(_LOG_CHUNK)
     try:
         got = log.read_into(seg, off, memoryview(buf)[:n])
     except OSError:

@@ -84,12 +84,14 @@ BUDGET_BYTES = 512 * 1024
 # block LittleFS copies an appended-to tail block into before it frees the old one.
 RESERVE_BLOCKS = 5
 _QUEUE_BYTES = const(8192)  # RAM queue's most: a 20-minute session's summaries fit (about 6 KB)
-QUEUE_IDLE = 512  # between sessions (boot record, events): the app grows it per session
+QUEUE_IDLE = 512  # the first chunk (boot record, events); reserve() adds a session's
 # What a session adds to the queue, a chunk at a time: the largest that fit, down to a
 # whole largest record (header + block header + a full block + checksum: 11 + 11 + 255).
-_CHUNK_SIZES = const((2048, 1024, 512, 384, 288))
+# The first, 4 KB, is also the buffer a log pull reads through (logflash.scratch).
+_CHUNK_SIZES = const((4096, 2048, 1024, 512, 384, 288))
 _KEEP_FREE = const(4096)  # heap reserve() leaves for the session's own allocations...
-_HEADROOM = const(512)  # ... with at least one piece this big
+_HEADROOM = const(256)  # ... of which _PIECES pieces this big (starting the output, a pause:
+_PIECES = const(8)  # about 1.9 KB on the unix port, in objects of up to a few hundred bytes)
 _CHUNK_SLACK = const(64)  # unused tail a chunk is left with, on average (half a summary record)
 _QUEUE_PER_S = const(6)  # bytes of queue a session second may need (summaries: ~3-5 measured)
 
@@ -244,11 +246,13 @@ class LogStore:
         self._ptgt = 0
         self._pstate = 0
 
-    # ---- flash side (msfw.logflash: loaded when needed, never while the output is on) --
+    # ---- flash side (msfw.logopen at boot, msfw.logflash; never while the output is on) --
     def open(self, rtc_s=0):
         """Boot: find the segments, repair the newest if a power cut tore it, set the next
         sequence number. Returns the number of torn bytes dropped."""
-        return _flash().open_store(self, rtc_s)
+        from msfw import logopen  # boot only: the app drops it after (msfw.app's LAZY)
+
+        return logopen.open_store(self, rtc_s)
 
     def flush(self, max_bytes=-1):
         """Writes queued records to flash (see logflash.flush). Returns the bytes written."""
@@ -468,16 +472,19 @@ class LogStore:
 
     # ---- flushing (slow path: only while the output is off) --------------------------
     def reserve(self, seconds):
-        """Before a session (slow path): grow the RAM queue to hold `seconds` of
-        summaries, in chunks of _CHUNK_SIZES bytes. The heap may not have room for all: it
-        then takes what it gets (records beyond it are counted as dropped, and logged as
-        an overflow). Returns the queue's capacity in bytes."""
+        """Grow the RAM queue to hold `seconds` of summaries, in chunks of _CHUNK_SIZES
+        bytes (slow path: the output is off). The app calls it once the boot is done, and
+        keeps what it got for good: the session's records stay in RAM until the output is
+        off, and later the heap is in pieces too small for a queue (idle work: a log pull,
+        a config change). Before each session it is called again, to top up. The heap may
+        not have room for all: the queue then takes what it gets (records beyond it are
+        counted as dropped, and logged as an overflow). Returns the queue's capacity,
+        less the tail each added chunk may leave unused (a record never spans chunks)."""
         want = QUEUE_IDLE + seconds * _QUEUE_PER_S
         if want > _QUEUE_BYTES:
             want = _QUEUE_BYTES
-        # A record never spans chunks: allow for the tail each chunk may leave unused.
-        want += (want // 512 + 1) * _CHUNK_SLACK
         have = self.capacity()
+        n0 = len(self._chunks)
         # Largest pieces first; then the holes boot left, down to the size of the largest
         # record (a record never spans chunks).
         for size in _CHUNK_SIZES:
@@ -491,31 +498,21 @@ class LogStore:
                     break
                 self._chunks.append(c)
                 self._fill.append(0)
-                have += size
+                have += size - _CHUNK_SLACK
         # The session allocates too (starting the output, a pause): the holes the chunks
-        # took must leave one piece of _HEADROOM, or the newest chunks go back.
-        while len(self._chunks) > self._ci + 1:
+        # took must leave _PIECES pieces of _HEADROOM, or the chunks just added go back.
+        p = [None] * _PIECES
+        while len(self._chunks) > n0:
             try:
-                bytearray(_HEADROOM)
+                for k in range(_PIECES):
+                    p[k] = bytearray(_HEADROOM)
                 break
             except MemoryError:
-                have -= len(self._chunks.pop())
+                for k in range(_PIECES):
+                    p[k] = None
+                have -= len(self._chunks.pop()) - _CHUNK_SLACK
                 self._fill.pop()
         return have
-
-    def release(self):
-        """After a session, once its records are on flash: back to the first chunk."""
-        if len(self._chunks) > 1 and not self.in_session and self.pending() == 0:
-            del self._chunks[1:]
-            del self._fill[1:]
-            self._ci = 0
-            self._q = self._chunks[0]
-            self._qcap = len(self._q)
-            self._qn = 0
-
-    def spare(self):
-        """Whether the queue holds more than its idle chunk (release() can give it back)."""
-        return len(self._chunks) > 1
 
     def capacity(self):
         n = 0

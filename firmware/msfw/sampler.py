@@ -17,9 +17,16 @@
 # load, 0.13 mV rms of noise: 300 ohm x 5 uA is 1.5 mV), above it +-2.048 V (+-32.8 V,
 # 1 mV rms). A dense window holding both polarities reads their difference, so the load
 # is read only where one polarity has at least 3/4 of the window, divided by the
-# window's signed on-fraction. Its off time reads what the skin's capacitance holds, which
-# moves the reading with the window's place (at 400 Hz, 2x over the phase): only a window
-# centred on a phase (within _CENTRE_US) is good for judging the impedance (v_z).
+# window's signed on-fraction, and only in a window that starts inside that phase: before
+# it the skin's capacitance still holds the other polarity's charge, against the current,
+# and a window from there averages across the skin's zero crossing, to about 0 V (fine on
+# 1k + 20k||47n read -140 ohm x I from 170 us before its - phase: a false short). From the
+# phase's start the skin charges as an RC (concave: its mean is at least that of its ends)
+# and after it holds this phase's charge, so the window reads about I x R_series or more;
+# a short reads ~0 in any window. At 400 Hz the load is then read every 3.7 ms (a
+# conversion and its collection take 1.6 ms, the phases start 1.2 ms apart). Where the
+# window lies still moves the reading (at 400 Hz, 2x over the phase): only one centred on
+# its phase (within _CENTRE_US; a phase of 1.16 ms or more) judges the impedance (v_z).
 #
 # Hot path (poll): integers only, nothing allocated.
 from array import array
@@ -40,6 +47,7 @@ _PGA_LOAD_LO = const(5)  # +-0.256 V: +-4.1 V, for currents up to _LO_MAX_CU
 _LO_MAX_CU = const(1280)  # 40 uA: 4.1 V is 102 kohm
 _DENSE_LOAD_Q10 = const(768)
 _CENTRE_US = const(50)
+_WRITE_US = const(60)  # a window starts at least this long after pos: the I2C write (90 us at 400 kHz)
 _LATE_US = const(250)  # a phase's first conversion later than this past its margin: a late wake
 
 CH_NONE = const(0)
@@ -206,7 +214,6 @@ class Sampler:
         self.late = 0  # the running load conversion is its phase's first (1), and started late (2)
         self.v_first = array("i", (0, 0))  # the last first-of-phase load reading, - and + phases
         self.z_next = True
-        self.twice = False
         self.fresh = CH_NONE  # which channel the last poll() completed
         self.done_pos = 0  # where in the pattern the completed conversion started (us)
         self.stuck_us = 0  # how long a conversion has been overdue
@@ -319,16 +326,22 @@ class Sampler:
                 return self.fresh
             sign = 1
             if ch == CH_LOAD:
-                sf = tl.on_q10(pos, _CONV_US, True)
-                if -_DENSE_LOAD_Q10 < sf < _DENSE_LOAD_Q10:
-                    # The load waits for a window with one polarity in it if one begins
-                    # within _POLL_US; otherwise the current is read meanwhile.
-                    sf = tl.on_q10(pos + _POLL_US, _CONV_US, True)
-                    if sf <= -_DENSE_LOAD_Q10 or sf >= _DENSE_LOAD_Q10:
+                p = pos + _WRITE_US
+                if p >= tl.macro_us:
+                    p -= tl.macro_us
+                sign = tl.sign_at(p)
+                if tl.on_q10(p, _CONV_US, True) * sign < _DENSE_LOAD_Q10:
+                    # Not a load window: wait for the next phase's start if it comes within
+                    # a conversion (one of the current now would miss it), else read the
+                    # current meanwhile.
+                    d = tl.to_edge(p)
+                    if sign:
+                        d += tl.to_edge(p + d)
+                    if d < _CONV_US:
                         return self.fresh
                     ch = CH_SHUNT
+                    sign = 1
                 else:
-                    sign = 1 if sf > 0 else -1
                     self.z_next = tl.centred(pos) != 0
         else:
             sign = tl.fits(pos, _CONV_US, _MARGIN_US)
@@ -370,10 +383,7 @@ class Sampler:
             lo = target_cu <= _LO_MAX_CU
             adc.start(self.load_mux, _PGA_LOAD_LO if lo else _PGA_LOAD)
             self.load_sh = 0 if lo else 3
-            # A dense train reads the load twice (its windows come once a phase, both
-            # polarities in turn), then the current.
-            self.twice = self.dense and not self.twice
-            self.next_ch = CH_LOAD if self.twice else CH_SHUNT
+            self.next_ch = CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
         self.t_start = t
