@@ -6,7 +6,7 @@ allocated counted by gc.mem_alloc() around the loop (collector disabled). Then t
 firmware with 96, 100, 104 and 112 KB of heap: a 20-minute session each, free heap after
 boot and at the end, and how much of the session its log kept (read back off the flash).
 
-    python benchmarks/hot_path.py [--repeat N]   (N heap layouts per size, default 2)
+    python benchmarks/hot_path.py [--repeat N]   (N heap layouts per size, default 4)
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> int:
     print(f"regulator step / empty loop: {c['step_us'] / c['empty_us']:.1f}x")
     from concurrent.futures import ThreadPoolExecutor
 
-    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 2
+    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 4
     jobs = [(kb, k) for kb in HEAPS_KB for k in range(repeat)]
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda job: small_heap_session(job[0] * 1024, layout=job[1]), jobs))
