@@ -161,3 +161,40 @@ for k in range(8):
     for state, fault, _, first, rec in rows:
         assert (state, fault) == ("done", "0"), rows
         assert 0 <= float(first) <= 1.5 * float(rec) + 2, rows
+
+
+def test_a_request_that_finds_no_heap_is_answered_or_dropped_never_fatal(mp):
+    # A small heap, a big answer: an op that runs out of heap gets a no_memory error; if
+    # not even the error fits, the request goes unanswered and handle() returns (the app's
+    # loop, and a session it runs, go on).
+    r = mp(f"""
+import sys
+sys.path.insert(0, {str(ROOT / 'firmware')!r})
+from msfw import proto
+class Link:
+    full = False
+    def __init__(self):
+        self.out = []
+    def write_line(self, obj):
+        if self.full:
+            raise MemoryError
+        self.out.append(obj)
+def hog(req):
+    raise MemoryError
+class Ops:
+    def get(self, name):
+        return hog if name == "hog" else None
+    def __iter__(self):
+        return iter(("hog",))
+link = Link()
+s = proto.Server(link, lambda: {{}}, Ops())
+s.handle(b'{{"id": 1, "op": "hog"}}')
+print("1", link.out[-1]["ok"], link.out[-1]["error"]["code"])
+link.full = True
+s.handle(b'{{"id": 2, "op": "hog"}}')
+s.handle(b'{{"id": 3, "op": "nope"}}')
+link.full = False
+s.handle(b'{{"id": 4, "op": "hog"}}')
+print("4", len(link.out), link.out[-1]["id"])
+""")
+    assert r.stdout.split() == ["1", "False", "no_memory", "4", "2", "4"], r.stdout + r.stderr

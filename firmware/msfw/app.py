@@ -498,14 +498,19 @@ class App:
             if link is not None:
                 # A few bytes per pass while the output is on, so a request never holds
                 # up a sample; bulk transfers are refused until the output is off.
-                line = link.pump(now, 16 if eng.state in RUNNING else 256)
-                if line is not None:
-                    server.handle(line)
-                    if server.done:
-                        server.done = False  # "bye" ends nothing here; "reset" does
-                        if getattr(server, "reset_kind", None):
-                            eng.stop(E.END_HOST)
-                            proto.after(server)
+                try:
+                    line = link.pump(now, 16 if eng.state in RUNNING else 256)
+                    if line is not None:
+                        server.handle(line)
+                except MemoryError:
+                    # No heap to read or answer a request (the Error path's answer found
+                    # none either): it goes unanswered, the session and the loop go on.
+                    gc.collect()
+                if server.done:
+                    server.done = False  # "bye" ends nothing here; "reset" does
+                    if getattr(server, "reset_kind", None):
+                        eng.stop(E.END_HOST)
+                        proto.after(server)
                 if self.tel_hz:
                     self.telemetry(now)
             if wdt is not None:

@@ -10,6 +10,7 @@
 # This module imports nothing from msfw: the host also pastes it into a bare board's raw
 # REPL as the deploy agent, so a board without (working) firmware speaks the same
 # protocol for files. The application adds its own operations (status, start, ...).
+import gc
 import json
 import os
 import sys
@@ -241,10 +242,22 @@ class Server:
             err = {"code": e.code, "message": e.args[0]}
             if e.extra:
                 err.update(e.extra)
-            self.link.write_line({"id": rid, "ok": False, "error": err})
+            try:
+                self.link.write_line({"id": rid, "ok": False, "error": err})
+            except MemoryError:
+                gc.collect()  # unanswered (the host times out); the loop goes on
         except Exception as e:  # noqa: BLE001 - a bug must not kill the device's loop
-            self.link.write_line({"id": rid, "ok": False,
-                                  "error": {"code": "internal", "message": repr(e)}})
+            try:
+                if isinstance(e, MemoryError):
+                    # A small heap, a big answer: say so if that fits (the host may retry).
+                    e = None
+                    gc.collect()
+                    err = {"code": "no_memory", "message": "out of heap; try again"}
+                else:
+                    err = {"code": "internal", "message": repr(e)}
+                self.link.write_line({"id": rid, "ok": False, "error": err})
+            except MemoryError:
+                pass  # not even that fits: unanswered (the host times out); the loop goes on
 
     def _op(self, op):
         if op in _BASE_OPS:
