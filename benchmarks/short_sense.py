@@ -13,11 +13,18 @@ first conversion held back until `late` us after the phase starts (Timeline.fits
 patched in the snippet; the firmware is not changed), over skins, resistors, setpoints
 and programs, and counts the short_circuit faults (each clears and the session restarts)
 and other faults / pauses. A last row per program polls with 1 ms sleeps instead
-(the loop that first showed the fault). The same cases run twice in one go: with the
+(the loop that first showed the fault). fine (dense: its load windows are placed by the
+sampler, not at a phase's start) runs as the app paces it; before its fix its windows
+began in the gap before a phase and averaged the skin's zero crossing there too. The same cases run twice in one go: with the
 sampler/supervisor of a git revision (--before, default the commit before the fix) and
 with the working tree's.
 
     python benchmarks/short_sense.py [--quick] [--before REV] [--workers N] [--seconds S]
+
+--onsets instead times a real short in fine (the app itself, run_headless, calibrated):
+onsets every 0.25 ms over 8 ms of steady output and 6 ms across the soft start's 8 uA
+(where the load starts being judged), on a 2 kohm resistor and the 1k + 20k||47n skin;
+output-on time from the onset to the short_circuit fault, from the trace, before / after.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from microstim import paths
 from microstim.vboard import runconfig
-from microstim.vboard.calibrated import calibrate
+from microstim.vboard.calibrated import calibrate, resistor, run_headless_calibrated
 from microstim.vboard.supervisor import find_micropython
 
 ROOT = Path(__file__).resolve().parent.parent
-BEFORE = "86c9f0d"  # main before the fix (firmware/msfw/sampler.py, supervisor.py)
+BEFORE = "91de372"  # main before the dense-window fix (86c9f0d: before the late-wake fix)
 FIXED_FILES = ("firmware/msfw/sampler.py", "firmware/msfw/supervisor.py")
 
 # (label, r_series, r_parallel, c_parallel): the default skin (boards/virtual/sim.json),
@@ -225,12 +233,70 @@ def cases_for(quick: bool) -> list:
     return out
 
 
+ONSET_LOADS = [("R 2k", 2000.0, 0.0, 0.0), ("skin 1k+20k|47n", 1000.0, 20000.0, 4.7e-8)]
+ONSET_SWEEPS = [("steady", 4.0, 32), ("8 uA", 1.1986, 24)]  # (label, first onset s, count) at 0.25 ms
+
+
+def onset_run(job: tuple) -> tuple:
+    """(fw, calib, load, onset s) -> (on-time ms from the onset to the fault, fault name, fault t s)."""
+    fw, calib, (_, rs, rp, cp), onset = job
+    paths.firmware_dir = lambda: Path(fw)  # this worker process runs that firmware tree
+    scenario = [resistor(2000.0), {"at_s": 0.5, "event": "load", "r_series_ohm": rs, "r_parallel_ohm": rp,
+                                   "c_parallel_f": cp},
+                {"at_s": 1.0, "event": "press"}, {"at_s": onset, "event": "short"},
+                {"at_s": onset + 0.3, "event": "stop"}]
+    with tempfile.TemporaryDirectory() as d:
+        tr, console, _ = run_headless_calibrated(d, scenario, calib, timeout_s=600, device_config={
+            "program": "fine", "setpoint_ua": 400.0, "duration_s": 1200})
+    faults = [e for e in (json.loads(x) for x in console.splitlines() if x.startswith("{"))
+              if e.get("ev") == "fault"]
+    ph = tr.phases[tr.phases["i_cmd_ua"] > 0]
+    a = ph["t_us"].astype(np.int64)
+    on = float(np.clip(a + ph["dur_us"] - np.maximum(a, int(round(onset * 1e6))), 0, None).sum()) / 1e3
+    return on, faults[0]["fault"] if faults else None, faults[0]["t_ms"] / 1e3 if faults else None
+
+
+def onsets_main(args, fws: dict, calib: str) -> int:
+    jobs = [(which, load, sweep, round(t0 + k * 0.00025, 6))
+            for which in fws for load in ONSET_LOADS for sweep, t0, n in ONSET_SWEEPS for k in range(n)]
+    with ProcessPoolExecutor(args.workers) as ex:
+        res = list(ex.map(onset_run, [(fws[w], calib, load, t) for w, load, _, t in jobs]))
+    print("fine, 400 uA, a real short at each onset (every 0.25 ms): output-on time (ms, from the trace) "
+          "from the onset to the short_circuit fault; 'steady' from 4 s, '8 uA' across the soft start's 8 uA "
+          f"(press at 1 s). before = {args.before}, after = the working tree.")
+    print(f"{'load':17} {'onsets':>8} {'n':>3} {'worst before':>12} {'after':>6} {'median b/a':>11}  other")
+    bad = 0
+    for load in ONSET_LOADS:
+        for sweep, _, _n in ONSET_SWEEPS:
+            row = {}
+            notes = []
+            for which in fws:
+                r = [(t, x) for (w, ld, sw, t), x in zip(jobs, res, strict=True)
+                     if w == which and ld == load and sw == sweep]
+                ok = [x[0] for t, x in r if x[1] == "short_circuit" and x[2] >= t - 0.001]
+                early = [x for t, x in r if x[1] is not None and x[2] < t - 0.001]
+                wrong = [x for t, x in r if x[1] != "short_circuit"]
+                if early:
+                    notes.append(f"{which}: {len(early)} faulted before the onset ({early[0][1]} at {early[0][2]:.3f} s)")
+                if wrong:
+                    notes.append(f"{which}: {len(wrong)} not short_circuit")
+                    bad += which == "after"
+                row[which] = ok
+            w = {k: (f"{max(v):.2f}" if v else "-") for k, v in row.items()}
+            med = {k: (f"{sorted(v)[len(v) // 2]:.2f}" if v else "-") for k, v in row.items()}
+            print(f"{load[0]:17} {sweep:>8} {_n:>3} {w['before']:>12} {w['after']:>6} "
+                  f"{med['before'] + '/' + med['after']:>11}  {'; '.join(notes)}")
+            bad += bool(row["after"]) and max(row["after"]) > 5.0
+    return 1 if bad else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer skins and setpoints")
     ap.add_argument("--before", default=BEFORE, help="git revision of the old sampler/supervisor")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--onsets", action="store_true", help="time a real short in fine instead (see above)")
     args = ap.parse_args()
     t_wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
@@ -239,6 +305,8 @@ def main() -> int:
         assert c["file"], c["console"]
         fws = {"before": str(firmware_tree(args.before, work / "before")),
                "after": str(firmware_tree(None, work / "after"))}
+        if args.onsets:
+            return onsets_main(args, fws, c["file"])
         cases = cases_for(args.quick)
         shorts = [(label, sp, late, ("steady", sp, rs, rp, cp, 0, late, 6000, False, 3000))
                   for label, sp, rs, rp, cp in SHORT_LOADS for late in SHORT_LATE_US]

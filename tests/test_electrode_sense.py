@@ -238,6 +238,20 @@ def test_fine_on_a_fast_skin_is_no_short_at_every_setpoint():
         assert phases >= 3500, (case, phases)
 
 
+@pytest.mark.parametrize("program", ["fine", "steady"])
+def test_intensity_steps_and_the_wrap_are_no_fault(tmp_path, program):
+    # From the top level a press wraps to the lowest (400 -> 80 uA), then steps up again. A
+    # dense current window that held the rest where the DAC changed read a mix of both
+    # levels (272 uA against 80: overcurrent, before); a load window likewise, with the
+    # skin still charged at the old level, is not judged for an impedance jump.
+    presses = [{"at_s": 5.0 + 0.37 * k, "event": "press"} for k in range(6)]
+    skin = {**FAST_SKIN, "r_series_ohm": 2000.0, "r_parallel_ohm": 30000.0, "c_parallel_f": 1e-7}
+    tr, console = run(tmp_path, program, [skin, *presses], seconds=8.0)
+    assert len(reported(console, "intensity")) == 6, console
+    assert not reported(console, "fault"), console
+    assert not reported(console, "contact_lost"), console
+
+
 def test_a_short_on_a_fast_skin_is_off_within_5ms_in_fine(tmp_path):
     # Onsets every 0.75 ms over 7.5 ms of steady output (the sampler's cycle: load, current,
     # load of the other polarity, current), and in the soft start: on-time to the fault.

@@ -8,25 +8,29 @@
 # began late and reads like a short, or reads well below the last phase's: see poll), and
 # the last conversion that fits reads the load again. A software-switched phase is timed
 # from its real edges (the timer's), not the timeline's. "dense" programs (short phases,
-# every window at least half on): conversions run back to back and each is divided by the
+# every window at least half on): conversions run one after another, each divided by the
 # on-fraction of its window, computed from the timeline.
 # Channels alternate: shunt (current), load voltage. The load voltage is electrode A minus
 # electrode B, after the DC-blocking capacitor, each through its divider (ADS1115 AIN2 -
 # AIN3 on the reference front end): signed, positive in a + phase, less the ADC's zero
 # (the boot self-check's). Two ranges: up to 40 uA the PGA's +-0.256 V (+-4.1 V at the
 # load, 0.13 mV rms of noise: 300 ohm x 5 uA is 1.5 mV), above it +-2.048 V (+-32.8 V,
-# 1 mV rms). A dense window holding both polarities reads their difference, so the load
-# is read only where one polarity has at least 3/4 of the window, divided by the
-# window's signed on-fraction, and only in a window that starts inside that phase: before
-# it the skin's capacitance still holds the other polarity's charge, against the current,
-# and a window from there averages across the skin's zero crossing, to about 0 V (fine on
-# 1k + 20k||47n read -140 ohm x I from 170 us before its - phase: a false short). From the
-# phase's start the skin charges as an RC (concave: its mean is at least that of its ends)
-# and after it holds this phase's charge, so the window reads about I x R_series or more;
-# a short reads ~0 in any window. At 400 Hz the load is then read every 3.7 ms (a
-# conversion and its collection take 1.6 ms, the phases start 1.2 ms apart). Where the
+# 1 mV rms). A dense window holding both polarities reads their difference, divided by
+# the window's signed on-fraction. The load is read only in a window that starts inside
+# its phase and is 5/8 that polarity: before a phase the skin's capacitance still holds
+# the other polarity's charge, against the current, and a window from there can average
+# across the skin's zero crossing to about 0 V (fine on 1k + 20k||47n read -140 ohm from
+# 170 us before its - phase: a false short). From the phase's start the skin charges as
+# an RC (concave: its mean is at least that of its ends), and after the phase (and early
+# in the next) it holds this phase's charge, so the window reads about I x R_series or
+# more; a short reads ~0 in any window. A conversion and its collection take 1.6 ms and
+# the phases of fine start 1.2-1.3 ms apart, so the load is read every 3.7 ms there (the
+# other polarity in turn), each time just after the current, which is timed to end where
+# the load window begins: a current reading that spans the rest between periods (where
+# the DAC changes: the soft start) would judge the load against an older level. Where a
 # window lies still moves the reading (at 400 Hz, 2x over the phase): only one centred on
-# its phase (within _CENTRE_US; a phase of 1.16 ms or more) judges the impedance (v_z).
+# its phase (within _CENTRE_US; a phase of 1.1 ms or more, not fine's) judges the impedance
+# (v_z), and only if the level did not change in it.
 #
 # Hot path (poll): integers only, nothing allocated.
 from array import array
@@ -45,8 +49,9 @@ PGA_SHUNT = const(4)  # +-0.512 V: 512 uA through 1 kohm
 _PGA_LOAD = const(2)  # +-2.048 V: +-32.8 V across the electrodes through 16:1 dividers
 _PGA_LOAD_LO = const(5)  # +-0.256 V: +-4.1 V, for currents up to _LO_MAX_CU
 _LO_MAX_CU = const(1280)  # 40 uA: 4.1 V is 102 kohm
-_DENSE_LOAD_Q10 = const(768)
+_DENSE_LOAD_Q10 = const(640)  # 5/8 of a load window its phase's polarity (signed), from its start
 _CENTRE_US = const(50)
+_CYCLE_US = const(1600)  # a dense conversion's start to the next one's: the ADC, two reads, a write
 _WRITE_US = const(60)  # a window starts at least this long after pos: the I2C write (90 us at 400 kHz)
 _LATE_US = const(250)  # a phase's first conversion later than this past its margin: a late wake
 
@@ -197,6 +202,7 @@ class Sampler:
         self.dense = False
         self.soft = None  # a software-switched pattern's timer (its real edges)
         self.busy = CH_NONE
+        self.target_cu = 0  # the level a running conversion began at
         self.next_ch = CH_SHUNT
         self.phase_start = -1
         self.phase_pos = 0
@@ -271,7 +277,12 @@ class Sampler:
             if -256 < f < 256:  # too little of the window was on to mean anything
                 self.fresh = CH_NONE
                 return CH_NONE
-            if ch == CH_SHUNT:
+            if ch == CH_SHUNT and target_cu != self.target_cu:
+                # The level changed inside the window (a dense one can hold the rest between
+                # periods, where the DAC changes): a mix of two currents, judged as neither
+                # (an intensity wrap from 400 to 80 uA read 272 uA: a false overcurrent).
+                ch = CH_NONE
+            elif ch == CH_SHUNT:
                 if raw < 0:
                     raw = 0
                 cu = (raw * self.shunt_q8) >> 8
@@ -281,7 +292,10 @@ class Sampler:
                 self.i_cu = cu
                 self.i_sign = self.sign
             else:
-                v = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 12) << 10) // f
+                # mV, rounded (a floor, -0.5 mV on average, + phases down and - phases up, is
+                # worth 50 ohm at 10 uA: with the sense's common-mode error it let a 500 ohm
+                # load read like a short there)
+                v = ((((raw << self.load_sh) * self.load_q12 - self.zero_q12) >> 2) + (f >> 1)) // f
                 if self.late == 2 and (v if v > 0 else -v) * 1000 < Z_SHORT_OHM * self.i_cu // 32:
                     # It reads like a short, but it began late in its phase: the skin's
                     # voltage, against the current as the phase began (the other polarity's
@@ -293,7 +307,7 @@ class Sampler:
                     self.z_next = False
                 else:
                     self.v_mv = v
-                    self.v_z = self.z_next
+                    self.v_z = self.z_next and target_cu == self.target_cu  # (as above: the old level's)
                     self.z_next = True  # (a dense train sets it for each load window)
                     if self.late:
                         # A phase's first reading well below the last phase's of its sign:
@@ -324,25 +338,26 @@ class Sampler:
             f = tl.on_q10(pos, _CONV_US)
             if f < 512:
                 return self.fresh
-            sign = 1
-            if ch == CH_LOAD:
-                p = pos + _WRITE_US
-                if p >= tl.macro_us:
-                    p -= tl.macro_us
-                sign = tl.sign_at(p)
-                if tl.on_q10(p, _CONV_US, True) * sign < _DENSE_LOAD_Q10:
-                    # Not a load window: wait for the next phase's start if it comes within
-                    # a conversion (one of the current now would miss it), else read the
-                    # current meanwhile.
-                    d = tl.to_edge(p)
-                    if sign:
-                        d += tl.to_edge(p + d)
-                    if d < _CONV_US:
-                        return self.fresh
-                    ch = CH_SHUNT
-                    sign = 1
-                else:
-                    self.z_next = tl.centred(pos) != 0
+            m = tl.macro_us
+            p = (pos + _WRITE_US) % m
+            sign = tl.sign_at(p)
+            d = tl.to_edge(p)  # to the next phase's start
+            if sign:
+                d += tl.to_edge((p + d) % m)
+            if ch == CH_LOAD and tl.on_q10(p, _CONV_US, True) * sign >= _DENSE_LOAD_Q10:
+                self.z_next = tl.centred(p) != 0
+            elif ch == CH_LOAD and d < _CONV_US:
+                return self.fresh  # not a load window: it waits for the next phase's start
+            else:
+                # The current, timed to end where the load can be read next (the first phase
+                # start a conversion cycle away, within _POLL_US / 2).
+                while d < _CYCLE_US:
+                    d += tl.to_edge((p + d) % m)
+                    d += tl.to_edge((p + d) % m)
+                if d > _CYCLE_US + _POLL_US // 2:
+                    return self.fresh
+                ch = CH_SHUNT
+                sign = 1
         else:
             sign = tl.fits(pos, _CONV_US, _MARGIN_US)
             if sign == 0:
@@ -386,6 +401,7 @@ class Sampler:
             self.next_ch = CH_SHUNT
         t = self.ticks_us()
         self.busy = ch
+        self.target_cu = target_cu
         self.t_start = t
         self.pos_start = pos
         self.sign = sign
