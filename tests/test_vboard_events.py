@@ -113,3 +113,20 @@ def test_i2c_faults_reach_the_firmware(mp):
     """, scenario=[{"at_s": 1.0, "event": "i2c_nack"}, {"at_s": 2.0, "event": "i2c_nack", "on": False}])
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["ok", "nack", "19", "back"]
+
+
+def test_events_at_the_same_time_apply_in_the_scenarios_order(mp):
+    # MicroPython's list.sort is not stable: the world breaks ties by the scenario's order,
+    # so the last of several events at one time is the one that lasts (a test that puts a
+    # skin over the default resistor at 0 s gets the skin).
+    ohms = [1000.0 * (k + 1) for k in range(24)]
+    scenario = [{"at_s": 0.5, "event": "load", "r_series_ohm": r} for r in reversed(ohms)]
+    scenario += [{"at_s": 0.25, "event": "load", "r_series_ohm": 7.0}, {"at_s": 0.75, "event": "press"},
+                 {"at_s": 0.75, "event": "load", "r_series_ohm": 5.0}]
+    r = mp("""
+time.sleep_ms(600)
+print(W.load.base_rs)
+time.sleep_ms(1000)
+print(W.load.base_rs)
+""", scenario=scenario)
+    assert r.stdout.split() == ["1000.0", "5.0"], r.stdout + r.stderr

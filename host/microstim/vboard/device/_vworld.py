@@ -434,11 +434,11 @@ class World:
             self.i2c.setdefault(bus, {})[addr] = _ads1115.ADS1115(self, addr)
         self.timers = []  # [due_us, period_us or 0, callback, arg, key]
         self._in_callback = False
-        self._events = []
-        for ev in cfg.get("scenario", []):
-            at = int(ev.get("at_s", 0) * 1e6)
-            self._events.append((at, ev))
-        self._events.sort(key=lambda e: e[0])
+        # In time order; events at the same time in the scenario's order (MicroPython's
+        # list.sort is not stable: the index breaks ties).
+        keyed = [(int(ev.get("at_s", 0) * 1e6), k, ev) for k, ev in enumerate(cfg.get("scenario", []))]
+        keyed.sort(key=lambda e: (e[0], e[1]))
+        self._events = [(at, ev) for at, _, ev in keyed]
         self._ev_i = 0
 
         self.ctl = None
@@ -928,8 +928,11 @@ class World:
             if not replay:
                 self._set_input_by_name("BUTTON", 0)
                 hold = int(ev.get("hold_s", 0.15) * 1e6)
-                self._events.insert(self._ev_i, (self.now_us + hold, {"event": "button", "down": False}))
-                self._events.sort(key=lambda e: e[0])
+                at = self.now_us + hold
+                j = self._ev_i  # after every pending event due at or before it (stable)
+                while j < len(self._events) and self._events[j][0] <= at:
+                    j += 1
+                self._events.insert(j, (at, {"event": "button", "down": False}))
         elif kind == "usb":
             self.usb_present = ev.get("present", True)
             self._set_input_by_name("USB_SENSE", 1 if self.usb_present else 0)
