@@ -23,11 +23,7 @@ from microstim.vboard.supervisor import find_micropython
 ROOT = Path(__file__).resolve().parent.parent
 
 SNIPPET = r"""
-import sys, gc, utime
-sys.path.insert(0, %(device)r)
-import _vworld, json
-with open(%(cfg)r) as f:
-    W = _vworld.World(json.loads(f.read()))
+import gc, utime
 sys.path.insert(0, %(fw)r)
 from msfw import board as boardmod
 from msfw.regulator import Regulator
@@ -67,16 +63,9 @@ def regulator_cost() -> dict:
     from microstim.vboard import runconfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = runconfig.build(Path(tmp), speed=None, provision=False, trace=False)
-        cfg.pop("flash")
-        cfg_path = Path(tmp) / "cfg.json"
-        cfg_path.write_text(json.dumps(cfg))
-        script = Path(tmp) / "bench.py"
-        from microstim import paths
-        script.write_text(SNIPPET % {
-            "device": str(paths.vboard_device_dir()), "cfg": str(cfg_path),
+        script = runconfig.world_script(Path(tmp), SNIPPET % {
             "fw": str(ROOT / "firmware"), "bj": str(ROOT / "boards/virtual/board.json"),
-            "pins": str(ROOT / "boards/virtual/pins.csv")})
+            "pins": str(ROOT / "boards/virtual/pins.csv")}, "bench.py", speed=None, trace=False)
         r = subprocess.run([find_micropython(), str(script)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise SystemExit(r.stdout + r.stderr)

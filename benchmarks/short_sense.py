@@ -79,12 +79,7 @@ SHORT_LOADS = [("skin 2k+30k|100n", 200, 2000.0, 30000.0, 1e-7), ("R 2k", 400, 2
                ("R 40k", 20, 40000.0, 0.0, 0.0)]
 
 SNIPPET = r"""
-import sys, gc, json
-sys.path.insert(0, %(device)r)
-import _vworld
-with open(%(cfg)r) as f:
-    W = _vworld.World(json.loads(f.read()))
-import machine, esp32, time
+import gc
 sys.path.insert(0, %(fw)r)
 from msfw import board as boardmod
 from msfw.hw import Hardware
@@ -201,16 +196,13 @@ def run_batch(job: dict) -> list:
     """Runs job["cases"] (snippet case() arguments) in one unix-port process on job["fw"]."""
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        cfg = runconfig.build(d, scenario=[{"at_s": 100000.0, "event": "stop"}], speed=None,
-                              sim={"usb_present": False, "seed": job["seed"]}, provision=False)
-        cfg.pop("flash")
-        (d / "cfg.json").write_text(json.dumps(cfg))
         (d / "calib.json").write_text(job["calib"])
-        script = d / "snippet.py"
-        script.write_text(SNIPPET % {
-            "device": str(paths.vboard_device_dir()), "cfg": str(d / "cfg.json"), "fw": job["fw"],
-            "bj": str(ROOT / "boards/virtual/board.json"), "pins": str(ROOT / "boards/virtual/pins.csv"),
-            "calfile": str(d / "calib.json"), "cases": json.dumps(job["cases"])})
+        script = runconfig.world_script(d, SNIPPET % {
+            "fw": job["fw"], "bj": str(ROOT / "boards/virtual/board.json"),
+            "pins": str(ROOT / "boards/virtual/pins.csv"), "calfile": str(d / "calib.json"),
+            "cases": json.dumps(job["cases"])},
+            scenario=[{"at_s": 100000.0, "event": "stop"}], speed=None,
+            sim={"usb_present": False, "seed": job["seed"]})
         r = subprocess.run([find_micropython(), "-X", "heapsize=4m", str(script)], capture_output=True,
                            text=True, cwd=d, timeout=3600)
         out = [json.loads(x[5:]) for x in r.stdout.splitlines() if x.startswith("CASE ")]

